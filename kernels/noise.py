@@ -1,0 +1,103 @@
+"""Keyed Gaussian noise: a value is a pure function of
+``(run seed, tensor id, generation, member pair, element index)``.
+
+Layout of one Philox call: key = the 64-bit run seed; counter =
+``(element // 4, tensor_id, generation, pair)``. Its four 32-bit words become
+four uniforms ``((x >> 8) + 0.5) / 2**24`` (exact in float32 on every device)
+and, by Box-Muller on lanes (0, 1) and (2, 3), four standard normals for
+elements ``4b .. 4b+3``. Any slice of pairs or elements therefore regenerates
+exactly the values of the whole.
+
+Keying by tensor id is what keeps same-shaped layers independent: public ES
+code that reseeds one stream per tensor correlates them.
+"""
+from __future__ import annotations
+
+import math
+from typing import Sequence, Union
+
+import numpy as np
+import torch
+
+from .philox import MASK32, philox_numpy, philox_torch
+
+PairsLike = Union[int, Sequence[int], np.ndarray, torch.Tensor]
+TWO_PI = 2.0 * math.pi
+INV_2_24 = 1.0 / float(1 << 24)
+
+
+def _check_key(seed: int, tensor_id: int, generation: int) -> None:
+    for name, value, bits in (("seed", seed, 64), ("tensor_id", tensor_id, 32), ("generation", generation, 32)):
+        if not isinstance(value, (int, np.integer)) or isinstance(value, bool):
+            raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+        if not 0 <= int(value) < (1 << bits):
+            raise ValueError(f"{name} must be in [0, 2**{bits}), got {value}")
+
+
+def _pairs_array(pairs: PairsLike) -> np.ndarray:
+    if isinstance(pairs, torch.Tensor):
+        pairs = pairs.detach().cpu().numpy()
+    arr = np.atleast_1d(np.asarray(pairs, dtype=np.int64))
+    if arr.ndim != 1:
+        raise ValueError(f"pairs must be an int or a 1-D sequence, got shape {arr.shape}")
+    if arr.size and (arr.min() < 0 or arr.max() > MASK32):
+        raise ValueError("pairs must lie in [0, 2**32)")
+    return arr
+
+
+def _block_range(start: int, numel: int):
+    if start < 0 or numel < 0:
+        raise ValueError(f"start and numel must be >= 0, got start={start}, numel={numel}")
+    first = start // 4
+    last = (start + numel + 3) // 4  # exclusive
+    return first, last, start - 4 * first
+
+
+def normal_numpy(seed: int, tensor_id: int, generation: int, pairs: PairsLike, numel: int,
+                 start: int = 0, dtype=np.float32) -> np.ndarray:
+    """Reference keyed normals, shape ``[len(pairs), numel]`` (elements start..start+numel)."""
+    _check_key(seed, tensor_id, generation)
+    pair_arr = _pairs_array(pairs)
+    first, last, offset = _block_range(start, numel)
+    blocks = np.arange(first, last, dtype=np.uint64)[None, :]
+    x0, x1, x2, x3 = philox_numpy(blocks, np.uint64(tensor_id), np.uint64(generation),
+                                  pair_arr.astype(np.uint64)[:, None], seed & MASK32, seed >> 32)
+    u = [((x >> np.uint32(8)).astype(np.float64) + 0.5) * INV_2_24 for x in (x0, x1, x2, x3)]
+    r01 = np.sqrt(-2.0 * np.log(u[0]))
+    r23 = np.sqrt(-2.0 * np.log(u[2]))
+    z = np.stack([r01 * np.cos(TWO_PI * u[1]), r01 * np.sin(TWO_PI * u[1]),
+                  r23 * np.cos(TWO_PI * u[3]), r23 * np.sin(TWO_PI * u[3])], axis=-1)
+    z = z.reshape(len(pair_arr), -1)[:, offset:offset + numel]
+    return z.astype(dtype, copy=False)
+
+
+def normal_torch(seed: int, tensor_id: int, generation: int, pairs: PairsLike, numel: int,
+                 start: int = 0, device=None, dtype=torch.float32) -> torch.Tensor:
+    """Keyed normals computed with torch on ``device``; same bits as :func:`normal_numpy`,
+    floats equal to rounding (the transcendental functions run in float32)."""
+    _check_key(seed, tensor_id, generation)
+    pair_arr = _pairs_array(pairs)
+    first, last, offset = _block_range(start, numel)
+    device = torch.device(device) if device is not None else torch.device("cpu")
+    blocks = torch.arange(first, last, dtype=torch.int64, device=device)[None, :]
+    pair_t = torch.as_tensor(pair_arr, dtype=torch.int64, device=device)[:, None]
+    tid = torch.tensor(tensor_id, dtype=torch.int64, device=device)
+    gen = torch.tensor(generation, dtype=torch.int64, device=device)
+    x0, x1, x2, x3 = philox_torch(blocks, tid, gen, pair_t, seed & MASK32, seed >> 32)
+    u0, u1, u2, u3 = (((x >> 8).to(torch.float32) + 0.5) * INV_2_24 for x in (x0, x1, x2, x3))
+    r01 = torch.sqrt(-2.0 * torch.log(u0))
+    r23 = torch.sqrt(-2.0 * torch.log(u2))
+    z = torch.stack([r01 * torch.cos(TWO_PI * u1), r01 * torch.sin(TWO_PI * u1),
+                     r23 * torch.cos(TWO_PI * u3), r23 * torch.sin(TWO_PI * u3)], dim=-1)
+    z = z.reshape(len(pair_arr), -1)[:, offset:offset + numel]
+    return z.to(dtype)
+
+
+def raw_bits_numpy(seed: int, tensor_id: int, generation: int, pairs: PairsLike, blocks) -> np.ndarray:
+    """The raw Philox words, shape ``[len(pairs), len(blocks), 4]`` (what GPU kernels are checked against)."""
+    _check_key(seed, tensor_id, generation)
+    pair_arr = _pairs_array(pairs)
+    b = np.asarray(blocks, dtype=np.uint64)[None, :]
+    words = philox_numpy(b, np.uint64(tensor_id), np.uint64(generation),
+                         pair_arr.astype(np.uint64)[:, None], seed & MASK32, seed >> 32)
+    return np.stack(words, axis=-1)

@@ -1,0 +1,14 @@
+"""zoopt: forward-only optimization for what backpropagation cannot train."""
+from zoopt.cma_es import CMAES
+from zoopt.openai_es import OpenAIES
+from zoopt.random_search import RandomSearch
+from zoopt.registry import METHODS, register
+from zoopt.run import OptimizeResult, minimize, run
+from zoopt.shaping import NonFiniteFitnessError
+from zoopt.spec import GaussianSpec, PerturbationSpec, PointsSpec
+from zoopt.strategy import Strategy
+
+__version__ = "0.1.0"
+
+__all__ = ["minimize", "run", "OptimizeResult", "Strategy", "OpenAIES", "CMAES", "RandomSearch",
+           "PerturbationSpec", "GaussianSpec", "PointsSpec", "NonFiniteFitnessError", "METHODS", "register"]

@@ -1,0 +1,1 @@
+"""EGGROLL: low-rank evolution strategies."""

@@ -1,0 +1,1 @@
+"""HDET: hyperparameter-divergent ensemble training."""

@@ -1,0 +1,1 @@
+"""PolyStep: optimal-transport polytope steps (see shared research polystep.md)."""
