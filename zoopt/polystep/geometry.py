@@ -1,0 +1,218 @@
+"""Polytope templates, Haar rotations and probe points for many particles at once.
+
+Shapes used throughout: ``P`` particles, ``d`` coordinates per particle, ``V``
+vertices per polytope, ``K`` probes per vertex.
+
+* A *template* ``[V, d]`` holds the unit-radius vertices ``u_v`` of a regular
+  polytope centred at the origin (orthoplex, simplex or cube).
+* Each particle gets its own rotation ``R_i`` in SO(d) (``[P, d, d]``), drawn
+  Haar-uniformly and fresh every step; its vertex ``v`` sits at
+  ``x_i + r * R_i u_v``.
+
+Randomness is a pure function of a key, so a run can be resumed bit for bit:
+either a ``torch.Generator`` the caller seeds from (seed, step) — see
+:func:`step_generator` — or the engine's keyed Philox noise, ``key=(seed,
+tensor_id, generation)``, which also lets any slice of particles regenerate
+exactly its own rotations (``first=``).
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional, Tuple
+
+import torch
+
+from zoopt.kernels import normal
+
+POLYTOPES = ("orthoplex", "simplex", "cube")
+MAX_CUBE_DIM = 16  # 2**16 vertices per particle is already far beyond any sensible use
+
+
+def _check_dim(dim) -> int:
+    if isinstance(dim, bool) or not isinstance(dim, int) or dim < 1:
+        raise ValueError(f"dim must be an int >= 1, got {dim!r}")
+    return dim
+
+
+def orthoplex_vertices(dim: int, dtype=torch.float32, device=None) -> torch.Tensor:
+    """``[2d, d]``: ``+e_0 .. +e_{d-1}`` then ``-e_0 .. -e_{d-1}``."""
+    eye = torch.eye(_check_dim(dim), dtype=dtype, device=device)
+    return torch.cat([eye, -eye])
+
+
+def simplex_vertices(dim: int, dtype=torch.float32, device=None) -> torch.Tensor:
+    """``[d+1, d]``: a regular simplex centred at 0 with unit-norm vertices.
+
+    The standard basis of R^{d+1} is centred and written in the orthonormal
+    Helmert basis of the hyperplane orthogonal to the all-ones vector.
+    """
+    d = _check_dim(dim)
+    helmert = torch.zeros(d, d + 1, dtype=torch.float64)
+    for k in range(1, d + 1):  # row k-1: (1, .., 1, -k, 0, ..) / sqrt(k (k+1))
+        helmert[k - 1, :k] = 1.0
+        helmert[k - 1, k] = -float(k)
+        helmert[k - 1] /= math.sqrt(k * (k + 1))
+    verts = helmert.T  # row j = coordinates of e_j (centred) in the hyperplane basis
+    verts = verts / verts.norm(dim=1, keepdim=True)
+    return verts.to(dtype=dtype, device=device)
+
+
+def cube_vertices(dim: int, dtype=torch.float32, device=None) -> torch.Tensor:
+    """``[2^d, d]``: every sign pattern divided by sqrt(d); bit k of the row index is the sign of axis k."""
+    d = _check_dim(dim)
+    if d > MAX_CUBE_DIM:
+        raise ValueError(f"cube polytope needs dim <= {MAX_CUBE_DIM} (2^dim vertices), got {d}")
+    bits = (torch.arange(2 ** d)[:, None] >> torch.arange(d)[None, :]) & 1
+    return ((1.0 - 2.0 * bits.to(torch.float64)) / math.sqrt(d)).to(dtype=dtype, device=device)
+
+
+def polytope_vertices(name: str, dim: int, dtype=torch.float32, device=None) -> torch.Tensor:
+    """Unit-radius template ``[V, d]`` of ``name`` in ``POLYTOPES``."""
+    builders = {"orthoplex": orthoplex_vertices, "simplex": simplex_vertices, "cube": cube_vertices}
+    if name not in builders:
+        raise ValueError(f"polytope must be one of {POLYTOPES}, got {name!r}")
+    return builders[name](dim, dtype=dtype, device=device)
+
+
+def num_vertices(name: str, dim: int) -> int:
+    """``V`` of a polytope without building it."""
+    if name not in POLYTOPES:
+        raise ValueError(f"polytope must be one of {POLYTOPES}, got {name!r}")
+    _check_dim(dim)
+    return {"orthoplex": 2 * dim, "simplex": dim + 1, "cube": 2 ** dim}[name]
+
+
+# -- rotations ----------------------------------------------------------------------------------
+
+def step_generator(seed: int, step: int, stream: int = 0, device=None) -> torch.Generator:
+    """A ``torch.Generator`` seeded as a pure function of ``(seed, step, stream)``."""
+    mixed = (int(seed) * 0x9E3779B97F4A7C15 + int(step) * 0xBF58476D1CE4E5B9 + int(stream) * 0x94D049BB133111EB)
+    mixed ^= mixed >> 31
+    g = torch.Generator(device=device if device is not None else "cpu")
+    g.manual_seed(mixed % (2 ** 63))
+    return g
+
+
+def haar_from_gaussian(gauss: torch.Tensor) -> torch.Tensor:
+    """Map i.i.d. standard normal matrices ``[n, d, d]`` to Haar-distributed rotations in SO(d).
+
+    ``d = 1``: the identity (SO(1) is trivial). ``d = 2``: the rotation taking
+    ``e_0`` to the normalized first column (its angle is uniform). ``d > 2``:
+    ``Q`` of the QR decomposition times the signs of ``diag(R)`` (Haar on O(d),
+    sign(0) = +1), then column 0 negated where ``det = -1``.
+    """
+    if gauss.dim() != 3 or gauss.shape[1] != gauss.shape[2]:
+        raise ValueError(f"gauss must have shape [n, d, d], got {tuple(gauss.shape)}")
+    n, d = gauss.shape[0], gauss.shape[1]
+    if d == 1:
+        return torch.ones_like(gauss)
+    if d == 2:
+        col = gauss[:, :, 0]
+        norm = col.norm(dim=1, keepdim=True)
+        unit = torch.where(norm > 0, col / norm.clamp_min(torch.finfo(col.dtype).tiny), torch.tensor([1.0, 0.0], dtype=col.dtype, device=col.device))
+        c, s = unit[:, 0], unit[:, 1]
+        return torch.stack([torch.stack([c, -s], 1), torch.stack([s, c], 1)], 1)
+    q, r = torch.linalg.qr(gauss)
+    diag = torch.diagonal(r, dim1=-2, dim2=-1)
+    signs = torch.where(diag < 0, -torch.ones_like(diag), torch.ones_like(diag))
+    q = q * signs[:, None, :]
+    flip = torch.linalg.det(q) < 0
+    q[:, :, 0] = torch.where(flip[:, None], -q[:, :, 0], q[:, :, 0])
+    return q
+
+
+ROTATION_TENSOR_ID = 0x50_53_52  # "PSR": keyed-noise stream of PolyStep rotations
+
+
+def haar_rotations(count: int, dim: int, *, generator: Optional[torch.Generator] = None,
+                   key: Optional[Tuple[int, int, int]] = None, first: int = 0,
+                   dtype=torch.float32, device=None) -> torch.Tensor:
+    """``count`` Haar rotations ``[count, d, d]`` in SO(d).
+
+    Exactly one randomness source: ``generator`` (a seeded ``torch.Generator``)
+    or ``key = (seed, tensor_id, generation)`` for the keyed Philox noise, in
+    which case particle ``first + i`` always gets the same rotation whatever
+    slice it is drawn in.
+    """
+    if isinstance(count, bool) or not isinstance(count, int) or count < 0:
+        raise ValueError(f"count must be an int >= 0, got {count!r}")
+    d = _check_dim(dim)
+    if (generator is None) == (key is None):
+        raise ValueError("give exactly one of generator= or key=(seed, tensor_id, generation)")
+    if key is not None:
+        seed, tensor_id, generation = key
+        gauss = normal(seed, tensor_id, generation, torch.arange(first, first + count), d * d, device=device,
+                       dtype=torch.float32).reshape(count, d, d)
+    else:
+        gauss = torch.randn(count, d, d, generator=generator, device=generator.device, dtype=torch.float32)
+    compute = torch.float64 if dtype == torch.float64 else torch.float32
+    return haar_from_gaussian(gauss.to(compute)).to(dtype=dtype, device=device)
+
+
+def biased_rotations(rotations: torch.Tensor, directions: torch.Tensor) -> torch.Tensor:
+    """Turn column 0 of each rotation onto that particle's ``direction`` ``[P, d]``.
+
+    Column 0 of ``R_i`` is replaced by the unit direction, the frame is
+    re-orthonormalized by QR, column 0 is sign-aligned with the direction and
+    the last column is flipped where ``det < 0``; so ``R_i e_0`` (the first
+    orthoplex vertex) points along the direction. Rows whose direction is zero
+    or non-finite keep their rotation. ``d = 1`` is returned unchanged.
+    """
+    if rotations.dim() != 3 or directions.shape != rotations.shape[:2]:
+        raise ValueError(f"rotations [P, d, d] and directions [P, d] must match, got "
+                         f"{tuple(rotations.shape)} and {tuple(directions.shape)}")
+    d = rotations.shape[1]
+    if d == 1:
+        return rotations
+    norms = directions.norm(dim=1)
+    valid = torch.isfinite(norms) & (norms > 1e-12)
+    if not bool(valid.any()):
+        return rotations
+    unit = torch.where(valid[:, None], directions / norms.clamp_min(1e-30)[:, None], rotations[:, :, 0])
+    frame = rotations.clone()
+    frame[:, :, 0] = unit
+    q, _ = torch.linalg.qr(frame)
+    align = torch.where((q[:, :, 0] * unit).sum(1) < 0, -1.0, 1.0).to(q.dtype)
+    q[:, :, 0] = q[:, :, 0] * align[:, None]
+    flip = torch.linalg.det(q) < 0
+    q[:, :, -1] = torch.where(flip[:, None], -q[:, :, -1], q[:, :, -1])
+    return torch.where(valid[:, None, None], q, rotations)
+
+
+# -- vertices and probes -----------------------------------------------------------------------
+
+def rotated_vertices(template: torch.Tensor, rotations: torch.Tensor) -> torch.Tensor:
+    """``R_i u_v`` for every particle and vertex: ``[V, d]`` x ``[P, d, d]`` -> ``[P, V, d]``."""
+    return torch.einsum("pij,vj->pvi", rotations, template.to(rotations.dtype))
+
+
+def probe_scales(num_probes: int, dtype=torch.float32, device=None) -> torch.Tensor:
+    """``s_k = k / (K + 1)`` for ``k = 1..K``: where along each vertex ray the loss is probed."""
+    if isinstance(num_probes, bool) or not isinstance(num_probes, int) or num_probes < 1:
+        raise ValueError(f"num_probes must be an int >= 1, got {num_probes!r}")
+    return torch.arange(1, num_probes + 1, dtype=dtype, device=device) / (num_probes + 1)
+
+
+def probe_offsets(template: torch.Tensor, rotations: torch.Tensor, radius, num_probes: int = 1) -> torch.Tensor:
+    """Displacements ``rho * s_k * R_i u_v`` of every probe: ``[P, V, K, d]``.
+
+    ``radius`` is a number or a per-particle tensor ``[P]``. Probe point
+    ``(i, v, k)`` is ``x_i + probe_offsets[i, v, k]``.
+    """
+    dirs = rotated_vertices(template, rotations)  # [P, V, d]
+    scales = probe_scales(num_probes, dtype=dirs.dtype, device=dirs.device)
+    radius = torch.as_tensor(radius, dtype=dirs.dtype, device=dirs.device)
+    if radius.dim() == 1:
+        radius = radius[:, None, None, None]
+    return radius * scales[None, None, :, None] * dirs[:, :, None, :]
+
+
+def probe_points(centers: torch.Tensor, template: torch.Tensor, rotations: torch.Tensor, radius,
+                 num_probes: int = 1) -> torch.Tensor:
+    """Probe points ``x_i + rho s_k R_i u_v``: centers ``[P, d]`` -> ``[P, V, K, d]``."""
+    return centers[:, None, None, :] + probe_offsets(template, rotations, radius, num_probes)
+
+
+__all__ = ["POLYTOPES", "orthoplex_vertices", "simplex_vertices", "cube_vertices", "polytope_vertices",
+           "num_vertices", "step_generator", "haar_from_gaussian", "haar_rotations", "biased_rotations",
+           "rotated_vertices", "probe_scales", "probe_offsets", "probe_points", "ROTATION_TENSOR_ID"]
