@@ -1,15 +1,14 @@
 """CMA-ES through pycma (``cma``) behind the zoopt contract; ``diagonal=True``
 gives sep-CMA-ES for high dimensions.
 
-pycma draws from numpy's global RNG. To keep runs a pure function of their
-seed (and resumable bit for bit) the strategy swaps in its own RNG state
-around every pycma call and restores the caller's afterwards.
+pycma draws its samples through the ``randn`` option, which defaults to
+numpy's global RNG. The strategy hands it the ``randn`` of a RandomState of its
+own, so runs are a pure function of the seed, the caller's global RNG is never
+touched, and a pickled checkpoint carries the RNG along with the state.
 """
 from __future__ import annotations
 
 import pickle
-from contextlib import contextmanager
-
 import numpy as np
 import torch
 
@@ -34,24 +33,13 @@ class CMAES(Strategy):
         super().__init__(popsize, seed=seed, nonfinite=nonfinite)
         self.sigma0 = check_positive("sigma", sigma)
         self.diagonal = bool(diagonal)
-        opts = {"popsize": self.popsize, "seed": self.seed % (2**32 - 1) + 1, "verbose": -9,
+        rng = np.random.RandomState(self.seed % (2**32))
+        opts = {"popsize": self.popsize, "randn": rng.randn, "verbose": -9,
                 "verb_disp": 0, "verb_log": 0, "CMA_diagonal": self.diagonal, "tolfun": 0, "tolx": 0,
                 "tolfunhist": 0, "tolstagnation": int(1e9), "maxfevals": np.inf}
         opts.update(options or {})
-        self._rng = np.random.RandomState(self.seed % (2**32))
-        with self._own_rng():
-            self.es = cma.CMAEvolutionStrategy(x0.double().numpy(), self.sigma0, opts)
+        self.es = cma.CMAEvolutionStrategy(x0.double().numpy(), self.sigma0, opts)
         self._asked = None
-
-    @contextmanager
-    def _own_rng(self):
-        saved = np.random.get_state()
-        np.random.set_state(self._rng.get_state())
-        try:
-            yield
-        finally:
-            self._rng.set_state(np.random.get_state())
-            np.random.set_state(saved)
 
     @property
     def center(self) -> torch.Tensor:
@@ -62,23 +50,20 @@ class CMAES(Strategy):
         return float(self.es.sigma)
 
     def _ask(self) -> PointsSpec:
-        with self._own_rng():
-            self._asked = self.es.ask()
+        self._asked = self.es.ask()
         cand = torch.as_tensor(np.stack(self._asked), dtype=torch.float32)
         return PointsSpec(center=self.center, popsize=self.popsize, generation=self.generation,
                           seed=self.seed, candidates=cand)
 
     def _tell(self, spec, fitness) -> None:
-        with self._own_rng():
-            self.es.tell(self._asked, fitness.double().tolist())
+        self.es.tell(self._asked, fitness.double().tolist())
         self._asked = None
 
     def stop(self) -> dict:
         return dict(self.es.stop())
 
     def _state(self) -> dict:
-        return {"es": pickle.dumps(self.es), "rng": self._rng.get_state()}
+        return {"es": pickle.dumps(self.es)}  # includes the RandomState behind opts["randn"]
 
     def _load(self, state: dict) -> None:
         self.es = pickle.loads(state["es"])
-        self._rng.set_state(state["rng"])

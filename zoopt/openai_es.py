@@ -38,7 +38,7 @@ class OpenAIES(CenterOptimizerMixin, Strategy):
         self._init_center(x0, optimizer, lr, weight_decay, optimizer_kwargs)
 
     def _ask(self) -> GaussianSpec:
-        return GaussianSpec(center=self.center, popsize=self.popsize, generation=self.generation,
+        return GaussianSpec(center=self.center.clone(), popsize=self.popsize, generation=self.generation,
                             seed=self.seed, sigma=self.sigma, antithetic=self.antithetic)
 
     def gradient(self, spec: GaussianSpec, weights: torch.Tensor) -> torch.Tensor:

@@ -26,7 +26,7 @@ class RandomSearch(Strategy):
         return self._center
 
     def _ask(self) -> GaussianSpec:
-        return GaussianSpec(center=self._center, popsize=self.popsize, generation=self.generation,
+        return GaussianSpec(center=self._center.clone(), popsize=self.popsize, generation=self.generation,
                             seed=self.seed, sigma=self.sigma, antithetic=False)
 
     def _tell(self, spec, fitness) -> None:
