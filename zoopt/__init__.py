@@ -6,6 +6,7 @@ from zoopt.registry import METHODS, register
 from zoopt.run import OptimizeResult, minimize, run
 from zoopt.shaping import NonFiniteFitnessError
 from zoopt.spec import GaussianSpec, PerturbationSpec, PointsSpec
+from zoopt.spsa import SPSA
 from zoopt.strategy import Strategy
 
 __version__ = "0.1.0"
