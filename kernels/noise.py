@@ -19,6 +19,7 @@ from typing import Sequence, Union
 import numpy as np
 import torch
 
+from . import philox_c
 from .philox import MASK32, philox_numpy, philox_torch
 
 PairsLike = Union[int, Sequence[int], np.ndarray, torch.Tensor]
@@ -79,18 +80,28 @@ def normal_torch(seed: int, tensor_id: int, generation: int, pairs: PairsLike, n
     pair_arr = _pairs_array(pairs)
     first, last, offset = _block_range(start, numel)
     device = torch.device(device) if device is not None else torch.device("cpu")
-    blocks = torch.arange(first, last, dtype=torch.int64, device=device)[None, :]
-    pair_t = torch.as_tensor(pair_arr, dtype=torch.int64, device=device)[:, None]
-    tid = torch.tensor(tensor_id, dtype=torch.int64, device=device)
-    gen = torch.tensor(generation, dtype=torch.int64, device=device)
-    x0, x1, x2, x3 = philox_torch(blocks, tid, gen, pair_t, seed & MASK32, seed >> 32)
-    u0, u1, u2, u3 = (((x >> 8).to(torch.float32) + 0.5) * INV_2_24 for x in (x0, x1, x2, x3))
+    if device.type == "cpu" and philox_c.available():
+        # same words and uniforms, computed in registers (see philox_c)
+        u = philox_c.philox_uniforms(torch.from_numpy(pair_arr), first, last - first, tensor_id, generation,
+                                     seed & MASK32, seed >> 32)
+        u0, u1, u2, u3 = u.unbind(-1)
+    else:
+        u0, u1, u2, u3 = _uniforms_torch(seed, tensor_id, generation, pair_arr, first, last, device)
     r01 = torch.sqrt(-2.0 * torch.log(u0))
     r23 = torch.sqrt(-2.0 * torch.log(u2))
     z = torch.stack([r01 * torch.cos(TWO_PI * u1), r01 * torch.sin(TWO_PI * u1),
                      r23 * torch.cos(TWO_PI * u3), r23 * torch.sin(TWO_PI * u3)], dim=-1)
     z = z.reshape(len(pair_arr), -1)[:, offset:offset + numel]
     return z.to(dtype)
+
+
+def _uniforms_torch(seed, tensor_id, generation, pair_arr, first, last, device):
+    blocks = torch.arange(first, last, dtype=torch.int64, device=device)[None, :]
+    pair_t = torch.as_tensor(pair_arr, dtype=torch.int64, device=device)[:, None]
+    tid = torch.tensor(tensor_id, dtype=torch.int64, device=device)
+    gen = torch.tensor(generation, dtype=torch.int64, device=device)
+    x0, x1, x2, x3 = philox_torch(blocks, tid, gen, pair_t, seed & MASK32, seed >> 32)
+    return tuple(((x >> 8).to(torch.float32) + 0.5) * INV_2_24 for x in (x0, x1, x2, x3))
 
 
 def raw_bits_numpy(seed: int, tensor_id: int, generation: int, pairs: PairsLike, blocks) -> np.ndarray:
