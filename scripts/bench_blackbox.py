@@ -99,6 +99,7 @@ def main():
     if args.full:
         args.budget, args.seeds = 100_000, 5
     torch.set_num_threads(2)
+    zoopt.OpenAIES(dim=2)  # warm-up: torch.optim's first construction imports torch._dynamo (seconds)
     os.makedirs(args.out, exist_ok=True)
     methods = peers(args)
     results = {}
