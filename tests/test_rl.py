@@ -1,0 +1,230 @@
+"""RL policy search on Gymnasium (CartPole / Pendulum with tiny budgets)."""
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+
+gym = pytest.importorskip("gymnasium")
+
+import zoopt  # noqa: E402
+from zoopt.problems.gym import GymProblem, RunningStats, episode_seeds, run_episodes  # noqa: E402
+from zoopt.problems.policies import (Policy, PolicyConfig, dequantize, load_policy, quantize,  # noqa: E402
+                                     save_policy)
+from zoopt.spec import PointsSpec  # noqa: E402
+from zoopt.workers import LocalEvaluator  # noqa: E402
+
+
+def es_generations(problem, generations=3, popsize=10, seed=0, evaluator=None):
+    es = zoopt.OpenAIES(problem.initial_point(), popsize=popsize, sigma=0.1, lr=0.05, seed=seed)
+    evaluator = evaluator or LocalEvaluator()
+    fits = []
+    for _ in range(generations):
+        spec = es.ask()
+        f = evaluator(problem, spec)
+        es.tell(f)
+        fits.append(f)
+    return es, torch.stack(fits)
+
+
+def test_saved_policy_reproduces_returns(tmp_path):
+    problem = GymProblem("CartPole-v1", policy="mlp", hidden=(8,), quant="int8", seed=3)
+    es, _ = es_generations(problem)
+    center = es.center.clone()
+    returns = problem.evaluate_center(center, episodes=4, generation=es.generation)
+    path = save_policy(str(tmp_path / "p"), problem.policy, center, problem.normalizer, {"env_id": "CartPole-v1"})
+    saved = load_policy(path)
+    again = run_episodes(saved, "CartPole-v1", episodes=4, seed=3, generation=es.generation)
+    np.testing.assert_array_equal(returns, again)
+    assert returns.min() >= 8  # real episodes ran
+    # the loaded weights are the ones training used
+    for (w, b), (w2, b2) in zip(problem.policy.layers(center[None]), saved.layers):
+        assert torch.equal(w, w2) and torch.equal(b, b2)
+
+
+def test_same_seed_same_result_and_slicing_does_not_matter():
+    a = GymProblem("CartPole-v1", seed=1)
+    _, fa = es_generations(a, generations=4)
+    b = GymProblem("CartPole-v1", seed=1)
+    _, fb = es_generations(b, generations=4, evaluator=LocalEvaluator(chunk=3))  # members in slices of 3
+    assert torch.equal(fa, fb)
+    assert a.env_steps == b.env_steps > 0
+    a.begin_generation(99), b.begin_generation(99)
+    np.testing.assert_array_equal(a.running.mean, b.running.mean)
+    np.testing.assert_array_equal(a.running.m2, b.running.m2)
+    c = GymProblem("CartPole-v1", seed=2)
+    _, fc = es_generations(c, generations=4)
+    assert not torch.equal(fa, fc)
+
+
+def test_common_random_numbers():
+    problem = GymProblem("CartPole-v1", policy="linear", episodes=3, seed=0, obs_norm=False)
+    x = torch.randn(problem.dim, generator=torch.Generator().manual_seed(0))
+    cand = torch.stack([x, x, x * 0.5, x])
+    spec = PointsSpec(center=x, popsize=4, generation=0, seed=0, candidates=cand)
+    f = problem.evaluate(spec, range(4))
+    assert f[0] == f[1] == f[3]  # identical members see identical episodes
+    assert episode_seeds(0, 0, 3) != episode_seeds(0, 1, 3)
+    assert len(set(episode_seeds(0, 0, 3))) == 3
+
+
+def test_quantized_policies_hold_int8_and_binary_weights(tmp_path):
+    for quant in ("int8", "binary"):
+        policy = Policy(PolicyConfig(4, 2, arch="mlp", hidden=(16,), quant=quant))
+        flat = torch.randn(3, policy.dim, generator=torch.Generator().manual_seed(1))
+        for li, (w, b) in enumerate(policy.layers(flat)):
+            for m in range(3):
+                values = torch.unique(w[m])
+                if quant == "binary":
+                    assert values.numel() == 2 and torch.allclose(values.abs(), values.abs()[0].expand(2))
+                else:
+                    scale = w[m].abs().max() / 127
+                    codes = w[m] / scale
+                    assert torch.allclose(codes, codes.round(), atol=1e-3) and codes.abs().max() <= 127.001
+        arrays = policy.export(flat[0])
+        for li in range(2):
+            q = arrays[f"q{li}"]
+            assert q.dtype == np.int8 and f"w{li}" not in arrays
+            if quant == "binary":
+                assert set(np.unique(q).tolist()) <= {-1, 1}
+            else:
+                assert np.abs(q).max() == 127
+        saved = load_policy(save_policy(str(tmp_path / quant), policy, flat[0]))
+        with np.load(tmp_path / quant / "weights.npz") as data:
+            assert data["q0"].dtype == np.int8
+        assert torch.equal(saved.layers[0][0], policy.layers(flat[:1])[0][0])
+
+
+def test_quantize_edge_cases():
+    zero = torch.zeros(1, 2, 3)
+    q, s = quantize(zero, "int8")
+    assert torch.equal(dequantize(q, s), zero)
+    q, s = quantize(zero, "binary")
+    assert set(q.unique().tolist()) == {1} and float(s) == 0.0
+    w = torch.tensor([[[0.5, -1.0, 0.25]]])
+    q, s = quantize(w, "int8")
+    assert q.tolist() == [[[64, -127, 32]]] and torch.allclose(s, torch.tensor([1 / 127]))
+
+
+def test_running_stats_merge_matches_numpy():
+    rng = np.random.default_rng(0)
+    parts = [rng.normal(3.0, 2.0, size=(n, 4)) for n in (5, 1, 40, 13)]
+    total = RunningStats.empty(4)
+    for p in parts:
+        shift = rng.normal(size=4)
+        total = total.merge(RunningStats.from_sums(len(p), shift, (p - shift).sum(0), ((p - shift) ** 2).sum(0)))
+    allx = np.concatenate(parts)
+    assert total.count == len(allx)
+    np.testing.assert_allclose(total.mean, allx.mean(0), rtol=1e-12)
+    np.testing.assert_allclose(total.var, allx.var(0), rtol=1e-10)
+
+
+def test_merge_stats_across_worker_copies():
+    """Two copies each evaluating half the members, then exchanging stats(), end up like one copy."""
+    one = GymProblem("CartPole-v1", seed=4)
+    left, right = GymProblem("CartPole-v1", seed=4), GymProblem("CartPole-v1", seed=4)
+    es = zoopt.OpenAIES(one.initial_point(), popsize=8, sigma=0.5, seed=0)
+    for _ in range(3):
+        spec = es.ask()
+        f_one = one.evaluate(spec, range(8))
+        f_split = torch.cat([left.evaluate(spec, range(0, 5)), right.evaluate(spec, range(5, 8))])
+        assert torch.equal(f_one, f_split)
+        sl, sr = left.stats(), right.stats()
+        left.merge_stats([sr]), right.merge_stats([sl])
+        assert left.env_steps == right.env_steps == one.env_steps
+        es.tell(f_one)
+    for p in (one, left, right):
+        p.begin_generation(10)
+    np.testing.assert_array_equal(one.running.mean, left.running.mean)
+    np.testing.assert_array_equal(one.running.m2, right.running.m2)
+    assert one.running.count == one.env_steps
+    assert one.normalizer.std.min() > 0
+
+
+def test_continuous_head_bounds_and_penalties():
+    problem = GymProblem("Pendulum-v1", policy="mlp", hidden=(4,), seed=0, max_episode_steps=20)
+    x = torch.randn(2, problem.dim, generator=torch.Generator().manual_seed(0)) * 5
+    actions = problem.policy.act(problem.policy.layers(x), torch.randn(2, 7, 3) * 10)
+    assert actions.shape == (2, 7, 1) and actions.abs().max() <= 2.0 and actions.abs().max() > 1.0
+    spec = PointsSpec(center=x[0], popsize=2, generation=0, seed=0, candidates=x)
+    plain = problem.evaluate(spec, range(2))
+    assert problem.env_steps == 40
+    penalized = GymProblem("Pendulum-v1", policy="mlp", hidden=(4,), seed=0, max_episode_steps=20,
+                           action_penalty=1.0, alive_penalty=0.5).evaluate(spec, range(2))
+    assert (penalized > plain + 10).all()  # fitness = -return grows by at least 20 * 0.5
+    discounted = GymProblem("Pendulum-v1", policy="mlp", hidden=(4,), seed=0, max_episode_steps=20,
+                            gamma=0.5).evaluate(spec, range(2))
+    assert (discounted.abs() < plain.abs()).all()
+
+
+def test_bad_arguments_raise_clearly():
+    with pytest.raises(ValueError, match="unknown Gymnasium environment"):
+        GymProblem("NoSuchEnv-v9")
+    with pytest.raises(TypeError, match="env_id"):
+        GymProblem(3)
+    with pytest.raises(ValueError, match="arch"):
+        GymProblem("CartPole-v1", policy="transformer")
+    with pytest.raises(ValueError, match="quant"):
+        GymProblem("CartPole-v1", quant="int4")
+    with pytest.raises(ValueError, match="episodes"):
+        GymProblem("CartPole-v1", episodes=0)
+    with pytest.raises(ValueError, match="gamma"):
+        GymProblem("CartPole-v1", gamma=0.0)
+    with pytest.raises(ValueError, match="vector"):
+        GymProblem("CartPole-v1", vector="threads")
+    with pytest.raises(ValueError, match="num_envs"):
+        GymProblem("CartPole-v1", num_envs=0)
+    with pytest.raises(ValueError, match="hidden"):
+        PolicyConfig(4, 2, arch="mlp", hidden=(0,))
+    with pytest.raises(ValueError, match="bounds"):
+        PolicyConfig(3, 1, head="continuous")
+    with pytest.raises(ValueError, match=r"flat parameters must have shape"):
+        Policy(PolicyConfig(4, 2)).layers(torch.zeros(1, 3))
+    with pytest.raises(FileNotFoundError):
+        load_policy("/nonexistent/policy")
+
+
+def test_async_vector_matches_sync():
+    sync = GymProblem("CartPole-v1", seed=5, episodes=2)
+    asyn = GymProblem("CartPole-v1", seed=5, episodes=2, vector="async", num_envs=4)
+    try:
+        _, f1 = es_generations(sync, generations=2, popsize=6)
+        _, f2 = es_generations(asyn, generations=2, popsize=6)
+    finally:
+        asyn.close()
+    assert torch.equal(f1, f2)
+
+
+def test_cli_rl_and_rl_eval(tmp_path, capsys):
+    from zoopt.cli import main
+
+    out = tmp_path / "run"
+    assert main(["rl", "CartPole-v1", "--budget", "3000", "--popsize", "10", "--quant", "binary",
+                 "--out", str(out), "--no-progress", "--eval-episodes", "3"]) == 0
+    lines = [json.loads(s) for s in open(out / "metrics.jsonl")]
+    assert lines[-1]["env_steps"] >= 3000 and all("test_mean" in r for r in lines)
+    assert [r["env_steps"] for r in lines] == sorted(r["env_steps"] for r in lines)
+    for name in ("best", "final"):
+        assert os.path.isfile(out / name / "policy.json") and os.path.isfile(out / name / "weights.npz")
+    best = max(r["test_mean"] for r in lines)
+    assert json.load(open(out / "summary.json"))["best"]["return"] == best
+    # rl-eval replays the best policy's test episodes exactly
+    gen = json.load(open(out / "best" / "policy.json"))["meta"]["eval_generation"]
+    again = run_episodes(load_policy(str(out / "best")), "CartPole-v1", episodes=3, seed=0, generation=gen)
+    assert again.mean() == pytest.approx(best)
+    capsys.readouterr()
+    assert main(["rl-eval", str(out / "final"), "--episodes", "2"]) == 0
+    assert "CartPole-v1: return" in capsys.readouterr().out
+
+
+def test_workers_guard():
+    from zoopt.commands.rl import make_rl_evaluator
+
+    with pytest.raises(ValueError, match="workers"):
+        make_rl_evaluator(0)
+    try:
+        import zoopt.workers.ray_evaluator  # noqa: F401
+    except ImportError:
+        with pytest.raises(RuntimeError, match="Ray evaluator"):
+            make_rl_evaluator(2)
