@@ -1,1 +1,18 @@
-"""EGGROLL: low-rank evolution strategies."""
+"""EGGROLL: low-rank evolution strategies at near-inference throughput (eggroll.md).
+
+``EGGROLL`` trains torch modules (population-aware layers swapped in place);
+``EGGROLLES`` is the ask/tell strategy for flat vectors, registered as
+``method="eggroll"``; :mod:`.integer` holds the int8 EGG language model.
+"""
+from zoopt.registry import register
+
+from .layers import PopEmbedding, PopGRU, PopGRUCell, PopLayerNorm, PopLinear
+from .module import EGGROLL
+from .population import Population, PopulationHolder
+from .spec import LowRankSpec
+from .strategy import EGGROLLES
+
+register("eggroll", EGGROLLES)
+
+__all__ = ["EGGROLL", "EGGROLLES", "LowRankSpec", "Population", "PopulationHolder", "PopLinear",
+           "PopEmbedding", "PopGRU", "PopGRUCell", "PopLayerNorm"]

@@ -1,0 +1,272 @@
+"""Population-aware layers: one shared GEMM ``x W^T`` plus each member's rank-r correction.
+
+For member ``i`` with factors ``A_i`` (m x r), ``B_i`` (n x r) and sign ``s_i``::
+
+    y_i = x_i W^T + b + s_i * sigma / sqrt(r) * (x_i B_i) A_i^T
+
+The base product runs once over all members' rows; the correction is two
+small batched products. Nobody builds a member's W. When every member sees
+the same rows (``shared``), ``x B`` for all members is one GEMM against the
+concatenated ``B`` factors and the base GEMM runs on the shared rows only.
+
+The classes subclass the torch layers they replace (same parameters, same
+state_dict keys); with no active population they run the plain forward.
+Rows are member-major (see :mod:`.population`).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .population import Population
+
+
+def _member_major(out: torch.Tensor, pop: Population, lead) -> torch.Tensor:
+    """``[N, R, d]`` (R = prod(lead)) -> ``[N * lead[0], *lead[1:], d]``."""
+    pop.expanded = True
+    return out.reshape(pop.n * lead[0], *lead[1:], out.shape[-1]) if len(lead) else out.reshape(pop.n, out.shape[-1])
+
+
+def _add_member_bias(out3: torch.Tensor, pop: Population, bias, bias_id: int) -> None:
+    """In place on ``out3 [N, rows, m]``: add each member's ``b + s sigma eps``."""
+    delta = pop.vector_noise(bias_id, tuple(bias.shape), dtype=out3.dtype)
+    out3.add_((bias.unsqueeze(0) + delta).unsqueeze(1))
+
+
+def population_linear(pop: Population, x: torch.Tensor, weight: torch.Tensor, bias, *, weight_id: int,
+                      bias_id: int = 0, weight_mode: str = "lowrank", bias_mode: str = "full",
+                      shared: bool | None = None) -> torch.Tensor:
+    """``x [..., n]`` through ``W [m, n]`` for every member of ``pop`` (see module doc)."""
+    m, n = weight.shape
+    if shared is None:
+        shared = pop.is_shared(x)
+    member_bias = bias is not None and bias_mode == "full"
+    center_bias = None if member_bias else bias
+    G, g = pop.groups, pop.group
+    if shared:
+        lead = tuple(x.shape[:-1])
+        x2 = x.reshape(-1, n)
+        R = x2.shape[0]
+        base = F.linear(x2, weight, center_bias)                      # [R, m], once for all members
+        if weight_mode == "lowrank":
+            A, B = pop.factors(weight_id, m, n, dtype=x2.dtype)
+            r = A.shape[-1]
+            xB = (x2 @ B.permute(1, 0, 2).reshape(n, G * r)).view(R, G, r).permute(1, 0, 2)  # one GEMM
+            xB = xB.unsqueeze(1) * pop.lowrank_scale[:, :, None, None].to(x2.dtype)          # [G, g, R, r]
+            out = torch.baddbmm(base.repeat(g, 1) if g > 1 else base, xB.reshape(G, g * R, r), A.transpose(1, 2))
+        else:
+            out = base.unsqueeze(0).expand(pop.n, R, m).contiguous()
+        out = out.view(pop.n, R, m)
+        if member_bias:
+            _add_member_bias(out, pop, bias, bias_id)
+        return _member_major(out, pop, lead)
+    if x.dim() < 2:
+        raise ValueError(f"input must be member-major [N*T, ..., {n}], got shape {tuple(x.shape)}")
+    pop.rows_per_member(x, "input")
+    rows = x.numel() // (pop.n * n)
+    x3 = x.reshape(G, g * rows, n)
+    out = F.linear(x3, weight, center_bias)                           # one GEMM over every row
+    if weight_mode == "lowrank":
+        A, B = pop.factors(weight_id, m, n, dtype=x3.dtype)
+        r = A.shape[-1]
+        xB = torch.bmm(x3, B)                                          # [G, g*rows, r]
+        xB.view(G, g, rows, r).mul_(pop.lowrank_scale[:, :, None, None].to(x3.dtype))
+        out.baddbmm_(xB, A.transpose(1, 2))
+    if member_bias:
+        _add_member_bias(out.view(pop.n, rows, m), pop, bias, bias_id)
+    pop.expanded = True
+    return out.reshape(*x.shape[:-1], m)
+
+
+def population_embedding(pop: Population, idx: torch.Tensor, weight: torch.Tensor, *, weight_id: int,
+                         weight_mode: str = "lowrank", padding_idx=None, shared: bool | None = None) -> torch.Tensor:
+    """Rows ``W[t] + s sigma / sqrt(r) * A[t] B^T`` of each member (A indexes the vocabulary)."""
+    V, D = weight.shape
+    if shared is None:
+        shared = pop.is_shared(idx)
+    base = F.embedding(idx, weight, padding_idx)
+    G, g = pop.groups, pop.group
+    if shared:
+        lead = tuple(idx.shape)
+        R = idx.numel()
+        if weight_mode != "lowrank":
+            return _member_major(base.reshape(1, R, D).expand(pop.n, R, D), pop, lead)
+        A, B = pop.factors(weight_id, V, D, dtype=weight.dtype)
+        r = A.shape[-1]
+        a = A[:, idx.reshape(-1)].unsqueeze(1) * pop.lowrank_scale[:, :, None, None].to(weight.dtype)
+        base2 = base.reshape(R, D)
+        out = torch.baddbmm(base2.repeat(g, 1) if g > 1 else base2, a.reshape(G, g * R, r), B.transpose(1, 2))
+        return _member_major(out.view(pop.n, R, D), pop, lead)
+    rows = pop.rows_per_member(idx, "input") * (idx[0].numel() if idx.dim() > 1 else 1)
+    pop.expanded = True
+    if weight_mode != "lowrank":
+        return base
+    A, B = pop.factors(weight_id, V, D, dtype=weight.dtype)
+    r = A.shape[-1]
+    flat = idx.reshape(G, g * rows)
+    a = torch.gather(A, 1, flat.unsqueeze(-1).expand(G, g * rows, r))
+    a.view(G, g, rows, r).mul_(pop.lowrank_scale[:, :, None, None].to(weight.dtype))
+    out = base.reshape(G, g * rows, D).baddbmm(a, B.transpose(1, 2))
+    return out.reshape(*idx.shape, D)
+
+
+class _PopulationAware:
+    """Mixin: the holder, tensor ids and modes a swap attaches to a layer."""
+
+    _eggroll_holder = None
+    _eggroll_ids: dict = {}
+    _eggroll_modes: dict = {}
+
+    def _population(self):
+        holder = self._eggroll_holder
+        return None if holder is None else holder.current
+
+    def _linear(self, pop, x, wname, bname, shared=None):
+        weight = getattr(self, wname)
+        bias = getattr(self, bname) if bname is not None else None
+        return population_linear(pop, x, weight, bias, weight_id=self._eggroll_ids.get(wname, 0),
+                                 bias_id=self._eggroll_ids.get(bname, 0) if bname else 0,
+                                 weight_mode=self._eggroll_modes.get(wname, "frozen"),
+                                 bias_mode=self._eggroll_modes.get(bname, "frozen") if bname else "frozen",
+                                 shared=shared)
+
+
+class PopLinear(_PopulationAware, nn.Linear):
+    """``nn.Linear`` that evaluates a whole EGGROLL population when one is active."""
+
+    def forward(self, x):
+        pop = self._population()
+        if pop is None:
+            return super().forward(x)
+        return self._linear(pop, x, "weight", "bias" if self.bias is not None else None)
+
+
+class PopEmbedding(_PopulationAware, nn.Embedding):
+    """``nn.Embedding`` with low-rank member rows (max_norm and sparse are not supported)."""
+
+    def forward(self, idx):
+        pop = self._population()
+        if pop is None:
+            return super().forward(idx)
+        if self.max_norm is not None:
+            raise NotImplementedError("PopEmbedding does not support max_norm")
+        return population_embedding(pop, idx, self.weight, weight_id=self._eggroll_ids.get("weight", 0),
+                                    weight_mode=self._eggroll_modes.get("weight", "frozen"),
+                                    padding_idx=self.padding_idx)
+
+
+def _gru_update(gi: torch.Tensor, gh: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+    """torch's GRU gate equations (r, z, n order)."""
+    i_r, i_z, i_n = gi.chunk(3, -1)
+    h_r, h_z, h_n = gh.chunk(3, -1)
+    r = torch.sigmoid(i_r + h_r)
+    z = torch.sigmoid(i_z + h_z)
+    n = torch.tanh(i_n + r * h_n)
+    return n + z * (h - n)
+
+
+def _member_hidden(pop: Population, hx, rows: int, width: int, shared: bool, like: torch.Tensor):
+    """Initial hidden rows ``[N * rows, width]``; a shared ``hx`` of ``rows`` rows is tiled per member."""
+    if hx is None:
+        return like.new_zeros(pop.n * rows, width)
+    if hx.shape[0] == pop.n * rows:
+        return hx
+    if shared and hx.shape[0] == rows:
+        return hx.repeat(pop.n, 1)
+    raise ValueError(f"hx has {hx.shape[0]} rows; expected {pop.n * rows} (member-major) or {rows} (shared)")
+
+
+class PopGRUCell(_PopulationAware, nn.GRUCell):
+    """``nn.GRUCell`` for a population: both products are population-aware."""
+
+    def forward(self, x, hx=None):
+        pop = self._population()
+        if pop is None:
+            return super().forward(x, hx)
+        if x.dim() == 1:
+            x = x.unsqueeze(0)
+            hx = hx.unsqueeze(0) if hx is not None else None
+        shared = pop.is_shared(x)
+        rows = x.shape[0] if shared else pop.rows_per_member(x, "input")
+        gi = self._linear(pop, x, "weight_ih", "bias_ih" if self.bias else None, shared=shared)
+        h = _member_hidden(pop, hx, rows, self.hidden_size, shared, gi)
+        gh = self._linear(pop, h, "weight_hh", "bias_hh" if self.bias else None, shared=False)
+        return _gru_update(gi, gh, h)
+
+
+class PopGRU(_PopulationAware, nn.GRU):
+    """``nn.GRU`` (unidirectional, no projections) for a population.
+
+    The input-to-hidden product of every time step runs as one GEMM per layer;
+    the hidden-to-hidden factors are drawn once per call. Inter-layer dropout
+    is not applied (a population forward is an evaluation).
+    """
+
+    def forward(self, x, hx=None):
+        pop = self._population()
+        if pop is None:
+            return super().forward(x, hx)
+        if self.bidirectional or self.proj_size or not isinstance(x, torch.Tensor):
+            raise NotImplementedError("PopGRU supports unidirectional GRUs on tensors without proj_size")
+        shared = pop.is_shared(x)
+        unbatched = x.dim() == 2
+        if unbatched:
+            x = x.unsqueeze(0 if self.batch_first else 1)
+            hx = hx.unsqueeze(1) if hx is not None else None
+        seq = x if self.batch_first else x.transpose(0, 1)            # [B, T, in]
+        rows = seq.shape[0] if shared else pop.rows_per_member(seq, "input")
+        suffix = lambda name, l: f"{name}_l{l}"
+        layer_in, finals = seq, []
+        for layer in range(self.num_layers):
+            b_ih = suffix("bias_ih", layer) if self.bias else None
+            b_hh = suffix("bias_hh", layer) if self.bias else None
+            gi = self._linear(pop, layer_in, suffix("weight_ih", layer), b_ih, shared=shared and layer == 0)
+            h = _member_hidden(pop, None if hx is None else hx[layer], rows, self.hidden_size, shared, gi)
+            outs = []
+            for t in range(gi.shape[1]):
+                gh = self._linear(pop, h, suffix("weight_hh", layer), b_hh, shared=False)
+                h = _gru_update(gi[:, t], gh, h)
+                outs.append(h)
+            layer_in = torch.stack(outs, 1)
+            finals.append(h)
+        out = layer_in if self.batch_first else layer_in.transpose(0, 1)
+        h_n = torch.stack(finals, 0)
+        if unbatched:
+            out, h_n = out.squeeze(0 if self.batch_first else 1), h_n.squeeze(1)
+        return out, h_n
+
+
+class PopLayerNorm(_PopulationAware, nn.LayerNorm):
+    """``nn.LayerNorm`` whose affine vectors get per-member full-rank noise."""
+
+    def _member_vector(self, pop, name, dtype):
+        v = getattr(self, name).unsqueeze(0)                            # [1, *shape]
+        if self._eggroll_modes.get(name) == "full":
+            v = v + pop.vector_noise(self._eggroll_ids[name], tuple(v.shape[1:]), dtype=dtype)
+        return v.unsqueeze(1)                                           # [1 or N, 1, *shape]
+
+    def forward(self, x):
+        pop = self._population()
+        if pop is None:
+            return super().forward(x)
+        nd = len(self.normalized_shape)
+        normed = F.layer_norm(x, self.normalized_shape, None, None, self.eps)
+        lead = tuple(x.shape[:x.dim() - nd])
+        if pop.is_shared(x):
+            view = normed.reshape(1, -1, *self.normalized_shape).expand(pop.n, -1, *self.normalized_shape)
+            out_lead = (pop.n * lead[0], *lead[1:]) if lead else (pop.n,)
+        else:
+            pop.rows_per_member(x, "input")
+            view = normed.reshape(pop.n, -1, *self.normalized_shape)
+            out_lead = lead
+        pop.expanded = True
+        if self.weight is not None:
+            view = view * self._member_vector(pop, "weight", x.dtype)
+        if self.bias is not None:
+            view = view + self._member_vector(pop, "bias", x.dtype)
+        return view.reshape(*out_lead, *self.normalized_shape)
+
+
+SWAPS = {nn.Linear: PopLinear, nn.Embedding: PopEmbedding, nn.GRU: PopGRU, nn.GRUCell: PopGRUCell,
+         nn.LayerNorm: PopLayerNorm}
