@@ -56,10 +56,14 @@ def _on(device: torch.device):
         yield
 
 
-def _launch(source: str, kernel: str, device: torch.device, work_items: int, args, threads: int = THREADS):
-    grid = int(max(1, min((work_items + threads - 1) // threads, MAX_GRID)))
+def _launch(source: str, kernel: str, device: torch.device, grid, args, threads: int = THREADS):
+    """Launch on torch's current stream; torch tensors in ``args`` are passed as DLPack views
+    made inside that stream's context (so DLPack adds no cross-stream synchronisation)."""
+    if isinstance(grid, int):  # a work-item count: 1-D grid-stride launch
+        grid = (int(max(1, min((grid + threads - 1) // threads, MAX_GRID))),)
     with _on(device):
-        _function(source, kernel)((grid,), (threads,), args)
+        views = tuple(to_cupy(a) if isinstance(a, torch.Tensor) else a for a in args)
+        _function(source, kernel)(grid, (threads,), views)
 
 
 def _key(seed: int, tensor_id: int, generation: int):
@@ -78,7 +82,7 @@ def raw_bits(seed: int, tensor_id: int, generation: int, pairs: np.ndarray, bloc
     block_t = _u32_on(np.asarray(blocks, dtype=np.int64), device)
     out = torch.empty((len(pairs), len(block_t), 4), dtype=torch.int32, device=device)
     _launch("noise.cu", "keyed_raw_bits", device, out.numel() // 4,
-            (to_cupy(out), to_cupy(pair_t), to_cupy(block_t), np.int64(len(pairs)), np.int64(len(block_t)),
+            (out, pair_t, block_t, np.int64(len(pairs)), np.int64(len(block_t)),
              *_key(seed, tensor_id, generation)))
     return out.cpu().numpy().view(np.uint32)
 
@@ -93,11 +97,11 @@ def normal(seed: int, tensor_id: int, generation: int, pairs: np.ndarray, numel:
         return out.to(dtype)
     pair_t = _u32_on(pairs, device)
     align = 4 * out.element_size()
-    vector_ok = int(start % 4 == 0 and numel % 4 == 0 and out.data_ptr() % (align) == 0)
+    vector_ok = int(start % 4 == 0 and numel % 4 == 0 and out.data_ptr() % align == 0)
     n_blocks = (start + numel + 3) // 4 - start // 4
     kernel = "keyed_normal_bf16" if kernel_dtype == torch.bfloat16 else "keyed_normal_f32"
     _launch("noise.cu", kernel, device, len(pairs) * n_blocks,
-            (to_cupy(out), to_cupy(pair_t), np.int64(len(pairs)), np.int64(start), np.int64(numel),
+            (out, pair_t, np.int64(len(pairs)), np.int64(start), np.int64(numel),
              np.int32(vector_ok), *_key(seed, tensor_id, generation)))
     return out if kernel_dtype == dtype else out.to(dtype)
 
@@ -112,8 +116,8 @@ def int_noise(seed: int, tensor_id: int, generation: int, pairs: np.ndarray, num
     pair_t, table = _u32_on(pairs, device), _u32_on(thresholds, device)
     n_blocks = (start + numel + 3) // 4 - start // 4
     _launch("int_noise.cu", "keyed_int8", device, len(pairs) * n_blocks,
-            (to_cupy(out), to_cupy(pair_t), np.int64(len(pairs)), np.int64(start), np.int64(numel),
-             to_cupy(table), np.int32(len(thresholds)), np.int32(clip), *_key(seed, tensor_id, generation)))
+            (out, pair_t, np.int64(len(pairs)), np.int64(start), np.int64(numel),
+             table, np.int32(len(thresholds)), np.int32(clip), *_key(seed, tensor_id, generation)))
     return out
 
 
@@ -124,7 +128,7 @@ def haar_rotations(seed: int, tensor_id: int, generation: int, particles: np.nda
     if out.numel() == 0:
         return out
     _launch("rotations.cu", "haar_rotations_f32", device, len(particles),
-            (to_cupy(out), to_cupy(_u32_on(particles, device)), np.int64(len(particles)), np.int32(d),
+            (out, _u32_on(particles, device), np.int64(len(particles)), np.int32(d),
              *_key(seed, tensor_id, generation)), threads=64)
     return out
 
@@ -138,7 +142,7 @@ def vertex_offsets(rotations: torch.Tensor, template: torch.Tensor, radius: floa
     if out.numel() == 0:
         return out
     _launch("rotations.cu", "vertex_offsets_f32", rot.device, out.numel(),
-            (to_cupy(out), to_cupy(rot), to_cupy(templ), np.int64(p), np.int32(v), np.int32(d), np.float32(radius)))
+            (out, rot, templ, np.int64(p), np.int32(v), np.int32(d), np.float32(radius)))
     return out
 
 
@@ -153,8 +157,6 @@ def lowrank_correction(out: torch.Tensor, x: torch.Tensor, seed: int, tensor_id:
     tag = "bf16" if out.dtype == torch.bfloat16 else "f32"
     scale_t = torch.as_tensor(np.asarray(scales, dtype=np.float32), device=device)
     tiles = (rows + 7) // 8  # ZO_TILE_T in lowrank.cu
-    with _on(device):
-        _function("lowrank.cu", f"lowrank_correction_{tag}_r{r}")(
-            (members, tiles), (THREADS,),
-            (to_cupy(out), to_cupy(x), to_cupy(_u32_on(pairs, device)), to_cupy(scale_t), np.int64(rows),
-             np.int64(m), np.int64(n), *_key(seed, tensor_id, generation)))
+    _launch("lowrank.cu", f"lowrank_correction_{tag}_r{r}", device, (members, tiles),
+            (out, x, _u32_on(pairs, device), scale_t, np.int64(rows), np.int64(m), np.int64(n),
+             *_key(seed, tensor_id, generation)))

@@ -205,3 +205,67 @@ def test_harness_fused_correction_matches_unfused(harness, r, rows, m, n):
     ref = torch.from_numpy(out0).double()
     K.lowrank_correction(ref, torch.from_numpy(x).double(), seed, tid, gen, pairs, scales, r, backend="numpy")
     np.testing.assert_allclose(got.reshape(members, rows, m), ref.numpy(), rtol=1e-5, atol=1e-5)
+
+
+# ---- launch contract: the CuPy backend passes what each kernel signature declares -------------
+
+_SCALARS = {"long long": np.int64, "int": np.int32, "zo_u32": np.uint32, "float": np.float32}
+_POINTERS = {"float": torch.float32, "zo_bf16": torch.bfloat16, "zo_u32": torch.int32, "signed char": torch.int8}
+
+
+def _signatures():
+    import re
+    sigs = {}
+    for name in KERNELS:
+        text = (source_dir() / name).read_text()
+        for kernel, params in re.findall(r'extern "C" __global__ void (\w+)\(([^)]*)\)', text):
+            if kernel != "NAME":  # the lowrank macro, expanded below
+                sigs[kernel] = [" ".join(p.replace("const ", "").split()) for p in params.split(",")]
+    macro = re.search(r"define ZO_LOWRANK_KERNEL\(NAME, R, T\)(.*?)\{", (source_dir() / "lowrank.cu").read_text(), re.S)
+    params = re.search(r"void NAME\((.*?)\)", macro.group(1).replace("\\", ""), re.S).group(1)
+    for kernel in KERNELS["lowrank.cu"]:
+        t = "zo_bf16" if "_bf16_" in kernel else "float"
+        sigs[kernel] = [" ".join(p.replace("const ", "").replace("T*", t + "*").split()) for p in params.split(",")]
+    return sigs
+
+
+@pytest.fixture
+def recorded_launches(monkeypatch):
+    pytest.importorskip("cupy")
+    from zoopt.kernels import cupy_backend as cb
+    calls = []
+
+    def fake_function(source, kernel):
+        return lambda grid, block, args: calls.append((kernel, args))
+    monkeypatch.setattr(cb, "_function", fake_function)
+    monkeypatch.setattr(cb, "to_cupy", lambda t: t)
+    monkeypatch.setattr(cb, "_on", lambda device: __import__("contextlib").nullcontext())
+    return cb, calls
+
+
+def test_launch_arguments_match_kernel_signatures(recorded_launches):
+    cb, calls = recorded_launches
+    cpu = torch.device("cpu")
+    pairs = np.array([0, 5], dtype=np.int64)
+    cb.raw_bits(1, 2, 3, pairs, [0, 1], cpu)
+    cb.normal(1, 2, 3, pairs, 8, 0, cpu, torch.float32)
+    cb.normal(1, 2, 3, pairs, 7, 1, cpu, torch.bfloat16)
+    cb.int_noise(1, 2, 3, pairs, 9, 0, K.int_thresholds(), 127, cpu)
+    rot = cb.haar_rotations(1, 2, 3, pairs, 3, cpu)
+    cb.vertex_offsets(rot, torch.eye(3), 0.5)
+    for r in (1, 2, 4):
+        for dtype in (torch.float32, torch.bfloat16):
+            cb.lowrank_correction(torch.zeros(2, 1, 4, dtype=dtype), torch.zeros(2, 1, 3, dtype=dtype), 1, 2, 3,
+                                  pairs, np.ones(2), r)
+    sigs = _signatures()
+    assert {k for k, _ in calls} == set(sigs) == {k for names in KERNELS.values() for k in names}
+    for kernel, args in calls:
+        params = sigs[kernel]
+        assert len(args) == len(params), kernel
+        for param, arg in zip(params, args):
+            ctype = param.rsplit(" ", 1)[0].strip()
+            if ctype.endswith("*"):
+                assert isinstance(arg, torch.Tensor) and arg.dtype == _POINTERS[ctype[:-1].strip()], (kernel, param)
+                assert arg.is_contiguous(), (kernel, param)
+            else:
+                assert type(arg) is _SCALARS[ctype], (kernel, param, type(arg))

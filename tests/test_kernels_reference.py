@@ -225,3 +225,22 @@ def test_normal_backends_agree():
     ref = K.normal(SEED, TID, GEN, [0, 2], 33, start=3, backend="numpy")
     torch.testing.assert_close(ref, torch.from_numpy(K.normal_numpy(SEED, TID, GEN, [0, 2], 33, 3)))
     torch.testing.assert_close(K.normal(SEED, TID, GEN, [0, 2], 33, start=3), ref, rtol=1e-4, atol=1e-4)
+
+
+def test_auto_picks_cupy_only_for_cuda_devices(monkeypatch):
+    monkeypatch.setattr(B, "cupy_available", lambda: True)
+    assert B.resolve("auto", "cuda") == "cupy"
+    assert B.resolve("auto", torch.device("cuda", 1)) == "cupy"
+    assert B.resolve("auto", "cpu") == "torch"
+    assert B.resolve("torch", "cuda") == "torch"  # explicit backend overrides
+
+
+def test_bench_script_refuses_cpu_clearly(capsys):
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    import runpy
+    from pathlib import Path
+    script = Path(__file__).resolve().parents[1] / "scripts" / "bench_kernels.py"
+    main = runpy.run_path(str(script), run_name="bench_kernels")["main"]
+    assert main([]) == 1
+    assert "Nothing was measured" in capsys.readouterr().err
