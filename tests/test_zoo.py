@@ -160,16 +160,17 @@ def test_lif_spike_train_and_readout_on_a_hand_built_case():
     hidden = LIFHidden(steps=15)
     # constant current 0.3: mem 0.3, 0.585, 0.85575, 1.1130 -> spike and reset, period 4
     train = hidden(torch.tensor([[0.3, 1.0, 0.04]]))
-    assert train.shape == (15, 1, 3)
-    assert train[:, 0, 0].tolist() == [0, 0, 0, 1] * 3 + [0, 0, 0]
-    assert train[:, 0, 1].tolist() == [1] * 15        # mem == threshold spikes (>=), reset to 0 every step
-    assert train[:, 0, 2].sum() == 0                    # 0.04 / (1 - 0.95) = 0.8 < 1: never fires
+    assert train.shape == (1, 15, 3)  # [batch, time, neurons]
+    assert train[0, :, 0].tolist() == [0, 0, 0, 1] * 3 + [0, 0, 0]
+    assert train[0, :, 1].tolist() == [1] * 15        # mem == threshold spikes (>=), reset to 0 every step
+    assert train[0, :, 2].sum() == 0                    # 0.04 / (1 - 0.95) = 0.8 < 1: never fires
     readout = LIFReadout(1, 1)
     with torch.no_grad():
         readout.weight.fill_(0.6)
         readout.bias.zero_()
     # input spikes at steps 4, 8, 12: mem 0.6 -> decays to 0.5144 -> 0.95*0.5144 + 0.6 = 1.089 spikes at 8
     counts = readout(train[:, :, :1])
+    assert torch.equal(readout(torch.cat([train[:, :, :1]] * 2)), torch.tensor([[1.0], [1.0]]))
     assert counts.tolist() == [[1.0]]
 
 

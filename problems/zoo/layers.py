@@ -91,8 +91,8 @@ class LIFHidden(nn.Module):
     """Hidden LIF population driven by a *static* input current for ``steps`` steps.
 
     Input: the current ``[B, H]`` (computed once by the stage before: W1·x is
-    the same at every time step). Output: the spike train ``[steps, B, H]``.
-    No parameters.
+    the same at every time step). Output: the spike train ``[B, steps, H]``
+    (batch first, like every stage's input and output). No parameters.
     """
 
     def __init__(self, steps: int = 15, beta: float = 0.95, threshold: float = 1.0,
@@ -107,11 +107,11 @@ class LIFHidden(nn.Module):
         for _ in range(self.steps):
             spike, mem = lif_step(mem, current, self.beta, self.threshold, self.smooth, self.temperature)
             spikes.append(spike)
-        return torch.stack(spikes)
+        return torch.stack(spikes, dim=1)
 
 
 class LIFReadout(nn.Linear):
-    """Output LIF layer: spike train ``[T, B, H]`` -> summed output spike counts ``[B, C]``.
+    """Output LIF layer: spike train ``[B, T, H]`` -> summed output spike counts ``[B, C]``.
 
     The synaptic currents of all T steps come from one GEMM; only the
     membrane recursion loops over time. The counts are used directly as logits.
@@ -124,11 +124,11 @@ class LIFReadout(nn.Linear):
         self.smooth, self.temperature = bool(smooth), float(temperature)
 
     def forward(self, spikes):
-        currents = super().forward(spikes)  # [T, B, C]
-        mem = torch.zeros_like(currents[0])
-        total = torch.zeros_like(currents[0])
-        for t in range(currents.shape[0]):
-            spike, mem = lif_step(mem, currents[t], self.beta, self.threshold, self.smooth, self.temperature)
+        currents = super().forward(spikes)  # [B, T, C]
+        mem = torch.zeros_like(currents[:, 0])
+        total = torch.zeros_like(currents[:, 0])
+        for t in range(currents.shape[1]):
+            spike, mem = lif_step(mem, currents[:, t], self.beta, self.threshold, self.smooth, self.temperature)
             total = total + spike
         return total
 

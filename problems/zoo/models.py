@@ -32,7 +32,9 @@ one stage with candidate weights. A candidate that perturbs only parameters
 of stage k can reuse the output of stages ``0..k-1`` computed once with the
 current weights (:func:`problems.zoo.staging.stage_inputs`). Stages may have
 no parameters (the SNN's hidden LIF population) and may pass non-2-D
-tensors (the SNN passes its spike train ``[T, B, 128]``). The SNN's first
+tensors (the SNN passes its spike train ``[B, T, 128]``), but every stage's
+input and output has the batch as its leading dimension, so candidates can be
+stacked into the batch. The SNN's first
 stage is the input current W1·x + b1, computed once, not at every time step.
 """
 from __future__ import annotations
