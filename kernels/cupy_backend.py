@@ -24,6 +24,7 @@ from .sources import KERNELS, read_source  # noqa: F401  (KERNELS re-exported)
 
 THREADS = 256
 MAX_GRID = 65535 * 8
+MAX_GRID_Y = 65535
 COMPILE_OPTIONS = ("--std=c++14",)
 
 
@@ -66,6 +67,13 @@ def _launch(source: str, kernel: str, device: torch.device, grid, args, threads:
         _function(source, kernel)(grid, (threads,), views)
 
 
+def _row_grid(n_pairs: int, n_blocks: int):
+    """(grid, threads) for the row kernels: x strides over a row's Philox blocks, y over pairs."""
+    threads = THREADS if n_blocks >= THREADS else max(32, 1 << (int(n_blocks) - 1).bit_length())
+    grid_x = int(max(1, min((n_blocks + threads - 1) // threads, MAX_GRID)))
+    return (grid_x, int(min(n_pairs, MAX_GRID_Y))), threads
+
+
 def _key(seed: int, tensor_id: int, generation: int):
     return (np.uint32(seed & MASK32), np.uint32(seed >> 32), np.uint32(tensor_id), np.uint32(generation))
 
@@ -98,11 +106,11 @@ def normal(seed: int, tensor_id: int, generation: int, pairs: np.ndarray, numel:
     pair_t = _u32_on(pairs, device)
     align = 4 * out.element_size()
     vector_ok = int(start % 4 == 0 and numel % 4 == 0 and out.data_ptr() % align == 0)
-    n_blocks = (start + numel + 3) // 4 - start // 4
+    grid, threads = _row_grid(len(pairs), (start + numel + 3) // 4 - start // 4)
     kernel = "keyed_normal_bf16" if kernel_dtype == torch.bfloat16 else "keyed_normal_f32"
-    _launch("noise.cu", kernel, device, len(pairs) * n_blocks,
+    _launch("noise.cu", kernel, device, grid,
             (out, pair_t, np.int64(len(pairs)), np.int64(start), np.int64(numel),
-             np.int32(vector_ok), *_key(seed, tensor_id, generation)))
+             np.int32(vector_ok), *_key(seed, tensor_id, generation)), threads=threads)
     return out if kernel_dtype == dtype else out.to(dtype)
 
 
@@ -114,10 +122,10 @@ def int_noise(seed: int, tensor_id: int, generation: int, pairs: np.ndarray, num
     if out.numel() == 0:
         return out
     pair_t, table = _u32_on(pairs, device), _u32_on(thresholds, device)
-    n_blocks = (start + numel + 3) // 4 - start // 4
-    _launch("int_noise.cu", "keyed_int8", device, len(pairs) * n_blocks,
+    grid, threads = _row_grid(len(pairs), (start + numel + 3) // 4 - start // 4)
+    _launch("int_noise.cu", "keyed_int8", device, grid,
             (out, pair_t, np.int64(len(pairs)), np.int64(start), np.int64(numel),
-             table, np.int32(len(thresholds)), np.int32(clip), *_key(seed, tensor_id, generation)))
+             table, np.int32(len(thresholds)), np.int32(clip), *_key(seed, tensor_id, generation)), threads=threads)
     return out
 
 

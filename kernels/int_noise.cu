@@ -15,8 +15,9 @@ extern "C" __global__ void keyed_int8(signed char* out, const zo_u32* pairs, lon
     for (int i = threadIdx.x; i < n_thresholds; i += blockDim.x) table[i] = thresholds[i];
     __syncthreads();
     const zo_key key = {k0, k1, tensor_id, generation};
-    const long long total = n_pairs * zo_blocks_per_row(start, numel);
-    for (long long idx = (long long)blockIdx.x * blockDim.x + threadIdx.x; idx < total;
-         idx += (long long)gridDim.x * blockDim.x)
-        zo_int8_item(out, idx, pairs, start, numel, table, n_thresholds, clip, key);
+    const long long n_blocks = zo_blocks_per_row(start, numel);
+    for (long long p = blockIdx.y; p < n_pairs; p += gridDim.y)
+        for (long long b = (long long)blockIdx.x * blockDim.x + threadIdx.x; b < n_blocks;
+             b += (long long)gridDim.x * blockDim.x)
+            zo_int8_item(out, p, b, pairs, start, numel, table, n_thresholds, clip, key);
 }

@@ -4,7 +4,8 @@
 // whole population's low-rank factors [pairs, m+n, r] are one launch with start = 0,
 // numel = (m+n)*r (kernels/lowrank.py), and full-rank noise for a slice of members is
 // the same launch with their pairs. One thread computes one Philox block (4 elements);
-// the per-item body lives in philox.cuh (zo_normal_item).
+// the per-item body lives in philox.cuh (zo_normal_item). Grid: x strides over the blocks
+// of a row, y over pairs (no 64-bit division per item).
 #include "philox.cuh"
 
 // words[p, i, lane] for blocks[i]: what tests compare with raw_bits_numpy.
@@ -25,10 +26,11 @@ extern "C" __global__ void keyed_raw_bits(zo_u32* words, const zo_u32* pairs, co
 template <typename T>
 __device__ void keyed_normal_loop(T* out, const zo_u32* pairs, long long n_pairs, long long start,
                                   long long numel, int vector_ok, const zo_key& key) {
-    const long long total = n_pairs * zo_blocks_per_row(start, numel);
-    for (long long idx = (long long)blockIdx.x * blockDim.x + threadIdx.x; idx < total;
-         idx += (long long)gridDim.x * blockDim.x)
-        zo_normal_item(out, idx, pairs, start, numel, vector_ok, key);
+    const long long n_blocks = zo_blocks_per_row(start, numel);
+    for (long long p = blockIdx.y; p < n_pairs; p += gridDim.y)
+        for (long long b = (long long)blockIdx.x * blockDim.x + threadIdx.x; b < n_blocks;
+             b += (long long)gridDim.x * blockDim.x)
+            zo_normal_item(out, p, b, pairs, start, numel, vector_ok, key);
 }
 
 extern "C" __global__ void keyed_normal_f32(float* out, const zo_u32* pairs, long long n_pairs,

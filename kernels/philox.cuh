@@ -243,14 +243,13 @@ ZO_HD long long zo_blocks_per_row(long long start, long long numel) {
     return ((start + numel + 3) >> 2) - (start >> 2);
 }
 
-// Work item idx of [n_pairs, blocks_per_row]: out[p, e] = normal (start + e) of pairs[p].
-// `vector_ok` (host-checked: start % 4 == 0, numel % 4 == 0, aligned base) allows one wide store.
+// Work item (p, local) of [n_pairs, blocks_per_row]: Philox block (start / 4) + local of pair
+// pairs[p] gives out[p, e] = normal (start + e). `vector_ok` (host-checked: start % 4 == 0,
+// numel % 4 == 0, aligned base) allows one wide store.
 template <typename T>
-ZO_HD void zo_normal_item(T* out, long long idx, const zo_u32* pairs, long long start, long long numel,
-                          int vector_ok, const zo_key& key) {
-    const long long n_blocks = zo_blocks_per_row(start, numel);
-    const long long p = idx / n_blocks;
-    const long long block = (start >> 2) + (idx - p * n_blocks);
+ZO_HD void zo_normal_item(T* out, long long p, long long local, const zo_u32* pairs, long long start,
+                          long long numel, int vector_ok, const zo_key& key) {
+    const long long block = (start >> 2) + local;
     float z[4];
     zo_box_muller4(zo_keyed_block(key, (zo_u32)block, pairs[p]), z);
     const long long e0 = 4 * block - start;  // column of lane 0 in row p
@@ -265,11 +264,9 @@ ZO_HD void zo_normal_item(T* out, long long idx, const zo_u32* pairs, long long 
 }
 
 // Same indexing for integer noise (thresholds: see kernels/int_noise.py).
-ZO_HD void zo_int8_item(signed char* out, long long idx, const zo_u32* pairs, long long start, long long numel,
-                        const zo_u32* thresholds, int n_thresholds, int clip, const zo_key& key) {
-    const long long n_blocks = zo_blocks_per_row(start, numel);
-    const long long p = idx / n_blocks;
-    const long long block = (start >> 2) + (idx - p * n_blocks);
+ZO_HD void zo_int8_item(signed char* out, long long p, long long local, const zo_u32* pairs, long long start,
+                        long long numel, const zo_u32* thresholds, int n_thresholds, int clip, const zo_key& key) {
+    const long long block = (start >> 2) + local;
     const zo_words w = zo_keyed_block(key, (zo_u32)block, pairs[p]);
     const long long e0 = 4 * block - start;
     for (int lane = 0; lane < 4; ++lane) {

@@ -41,23 +41,26 @@ int main() {
         } else if (!strcmp(cmd, "normal") || !strcmp(cmd, "normal_bf16")) {
             zo_key key = read_key(); ll start, numel; int vec; scanf("%lld %lld %d", &start, &numel, &vec);
             std::vector<zo_u32> pairs = read_vec<zo_u32>("%u");
-            const ll total = (ll)pairs.size() * zo_blocks_per_row(start, numel);
+            const ll n_blocks = zo_blocks_per_row(start, numel);
             if (!strcmp(cmd, "normal")) {
                 std::vector<float> out(pairs.size() * numel, 0.0f);
-                for (ll idx = 0; idx < total; ++idx) zo_normal_item(out.data(), idx, pairs.data(), start, numel, vec, key);
+                for (size_t p = 0; p < pairs.size(); ++p)
+                    for (ll b = 0; b < n_blocks; ++b) zo_normal_item(out.data(), p, b, pairs.data(), start, numel, vec, key);
                 for (size_t i = 0; i < out.size(); ++i) printf("%.9g ", out[i]);
             } else {
                 std::vector<zo_bf16> out(pairs.size() * numel, 0);
-                for (ll idx = 0; idx < total; ++idx) zo_normal_item(out.data(), idx, pairs.data(), start, numel, vec, key);
+                for (size_t p = 0; p < pairs.size(); ++p)
+                    for (ll b = 0; b < n_blocks; ++b) zo_normal_item(out.data(), p, b, pairs.data(), start, numel, vec, key);
                 for (size_t i = 0; i < out.size(); ++i) printf("%u ", (unsigned)out[i]);
             }
         } else if (!strcmp(cmd, "int8")) {
             zo_key key = read_key(); ll start, numel; int clip; scanf("%lld %lld %d", &start, &numel, &clip);
             std::vector<zo_u32> table = read_vec<zo_u32>("%u"), pairs = read_vec<zo_u32>("%u");
             std::vector<signed char> out(pairs.size() * numel, 0);
-            const ll total = (ll)pairs.size() * zo_blocks_per_row(start, numel);
-            for (ll idx = 0; idx < total; ++idx)
-                zo_int8_item(out.data(), idx, pairs.data(), start, numel, table.data(), (int)table.size(), clip, key);
+            const ll n_blocks = zo_blocks_per_row(start, numel);
+            for (size_t p = 0; p < pairs.size(); ++p)
+                for (ll b = 0; b < n_blocks; ++b)
+                    zo_int8_item(out.data(), p, b, pairs.data(), start, numel, table.data(), (int)table.size(), clip, key);
             for (size_t i = 0; i < out.size(); ++i) printf("%d ", (int)out[i]);
         } else if (!strcmp(cmd, "rot")) {
             zo_key key = read_key(); int d; scanf("%d", &d);
