@@ -1,0 +1,126 @@
+"""The base LM with persistent LoRA slots, and teacher-forced answer loss.
+
+The model is wrapped once with PEFT LoRA layers for ``slots`` adapters. A
+query writes its merged factors into a slot in place (no disk round trip),
+and queued queries run together in one forward, each row routed to its slot
+with PEFT's ``adapter_names``.
+"""
+from __future__ import annotations
+
+import glob
+import os
+from dataclasses import dataclass
+
+import torch
+
+
+class ByteTokenizer:
+    """UTF-8 bytes as tokens (ids 0..255) plus an end-of-sequence id 256; for
+    models trained on bytes and for tests with tiny random models."""
+
+    vocab_size = 257
+    eos_token_id = 256
+    pad_token_id = 256
+
+    def encode(self, text: str) -> list:
+        return list(text.encode("utf-8"))
+
+
+class HFTokenizer:
+    def __init__(self, tok):
+        self.tok = tok
+        self.eos_token_id = tok.eos_token_id
+        self.pad_token_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+
+    def encode(self, text: str) -> list:
+        return self.tok(text, add_special_tokens=False)["input_ids"]
+
+
+def load_base(base_dir: str, dtype=torch.float32):
+    """(model, tokenizer) from a folder: a GGUF file, or a transformers config + safetensors.
+    The byte tokenizer is used when the folder has no tokenizer files."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if not os.path.isdir(base_dir):
+        raise FileNotFoundError(f"--base {base_dir} is not a folder")
+    ggufs = sorted(glob.glob(os.path.join(base_dir, "*.gguf")))
+    kwargs = {"gguf_file": os.path.basename(ggufs[0])} if ggufs else {}
+    model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=dtype, **kwargs)
+    has_tok = ggufs or any(os.path.exists(os.path.join(base_dir, f)) for f in ("tokenizer.json", "tokenizer.model"))
+    tokenizer = HFTokenizer(AutoTokenizer.from_pretrained(base_dir, **kwargs)) if has_tok else ByteTokenizer()
+    model.eval()
+    return model, tokenizer
+
+
+@dataclass
+class Example:
+    ids: torch.Tensor      # prompt + answer + eos
+    n_prompt: int          # positions before the answer
+
+
+def encode_examples(tokenizer, records: list, template: str = "{prompt}", max_tokens: int = 512) -> list:
+    """Records ``{"prompt", "answer"}`` -> examples; the loss covers the answer and eos only."""
+    out = []
+    for i, rec in enumerate(records):
+        prompt_ids = tokenizer.encode(template.format(prompt=rec["prompt"]))
+        answer_ids = tokenizer.encode(rec["answer"]) + [tokenizer.eos_token_id]
+        ids = (prompt_ids + answer_ids)[-max_tokens:]
+        n_prompt = max(0, len(ids) - len(answer_ids))
+        if len(ids) - n_prompt < 1 or n_prompt < 1:
+            raise ValueError(f"example {i}: prompt and answer must both be non-empty after truncation")
+        out.append(Example(torch.tensor(ids), n_prompt))
+    return out
+
+
+class SlotModel:
+    """A base model with ``slots`` persistent LoRA adapters named slot0..slotK-1."""
+
+    def __init__(self, base, lora_config: dict, slots: int = 8, rows_per_forward: int = 64):
+        from peft import LoraConfig, get_peft_model
+
+        if slots < 1:
+            raise ValueError(f"slots must be >= 1, got {slots}")
+        keep = {k: lora_config[k] for k in ("r", "lora_alpha", "target_modules") if k in lora_config}
+        config = LoraConfig(**keep, lora_dropout=0.0, bias="none")
+        self.model = get_peft_model(base, config, adapter_name="slot0")
+        for k in range(1, slots):
+            self.model.add_adapter(f"slot{k}", config)
+        self.model.eval()
+        self.slots = slots
+        self.rows_per_forward = rows_per_forward
+        self.layers = dict(self.model.named_modules())
+
+    def write(self, slot: int, factors: dict) -> None:
+        """Copy merged factors ``{module: (A, B)}`` into slot ``slot`` in place."""
+        name = f"slot{slot}"
+        with torch.no_grad():
+            for module, (a, b) in factors.items():
+                layer = self.layers.get(module)
+                if layer is None:
+                    raise KeyError(f"the base model has no LoRA module {module!r}")
+                layer.lora_A[name].weight.copy_(a)
+                layer.lora_B[name].weight.copy_(b)
+
+    @torch.no_grad()
+    def losses(self, jobs: list) -> list:
+        """``jobs``: list of (slot, examples). Returns each job's mean over examples of
+        the per-example mean cross-entropy on answer tokens."""
+        rows = [(j, slot, ex) for j, (slot, examples) in enumerate(jobs) for ex in examples]
+        totals = torch.zeros(len(jobs), dtype=torch.float64)
+        for start in range(0, len(rows), self.rows_per_forward):
+            chunk = rows[start:start + self.rows_per_forward]
+            width = max(len(ex.ids) for _, _, ex in chunk)
+            ids = torch.zeros(len(chunk), width, dtype=torch.long)
+            mask = torch.zeros(len(chunk), width, dtype=torch.long)
+            for r, (_, _, ex) in enumerate(chunk):
+                ids[r, :len(ex.ids)] = ex.ids
+                mask[r, :len(ex.ids)] = 1
+            logits = self.model(input_ids=ids, attention_mask=mask,
+                                adapter_names=[f"slot{slot}" for _, slot, _ in chunk]).logits.float()
+            logp = torch.log_softmax(logits[:, :-1], dim=-1)
+            for r, (j, _, ex) in enumerate(chunk):
+                target = ex.ids[ex.n_prompt:]
+                pred = logp[r, ex.n_prompt - 1:len(ex.ids) - 1]
+                nll = -pred.gather(1, target[:, None]).mean()
+                totals[j] += float(nll)
+        return [float(totals[j]) / len(examples) for j, (_, examples) in enumerate(jobs)]
