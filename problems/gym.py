@@ -14,8 +14,10 @@ How a generation is evaluated:
   are accumulated per member; when the first evaluation of a later
   generation arrives, those per-member statistics are folded into the frozen
   ones in member order. The fold therefore does not depend on how members
-  were split into slices or workers. Workers exchange the per-member
-  statistics with ``stats()`` / ``merge_stats()``.
+  were split into slices or workers. Workers send their per-member
+  statistics back with ``stats()`` (the coordinator calls ``merge_stats()``),
+  and the coordinator ships its frozen statistics to them inside the spec
+  (``share_stats(spec)`` puts them in ``spec.extras``).
 * **Budget unit.** ``env_steps`` counts the environment steps the episodes
   actually used (steps after an episode ended are not counted);
   ``stats()`` carries them per member so a coordinator can add up workers.
@@ -40,6 +42,7 @@ from .base import Problem
 from .policies import ObsNormalizer, Policy, QUANTS
 
 VECTOR_MODES = ("sync", "async")
+SPEC_STATS_KEY = "gym_obs_stats"  # spec.extras entry through which a coordinator ships its frozen statistics
 
 
 # -- running observation statistics ------------------------------------------------
@@ -117,6 +120,64 @@ def _check_env_id(env_id) -> None:
         raise ValueError(f"unknown Gymnasium environment {env_id!r}: {exc}") from None
 
 
+class DenseBatch:
+    """Members given by their explicit layers (``Policy.layers``): one bmm per layer for all of them."""
+
+    def __init__(self, policy: Policy, layers):
+        self.policy, self.layers, self.n = policy, layers, int(layers[0][0].shape[0])
+
+    def forward(self, start: int, stop: int):
+        wave = [(w[start:stop], None if b is None else b[start:stop]) for w, b in self.layers]
+        return lambda obs: self.policy.forward(wave, obs)
+
+
+class LowRankBatch:
+    """EGGROLL members (a ``LowRankSpec`` whose blocks are the policy's tensors), never materialized.
+
+    Each layer runs EGGROLL's population-aware linear: one GEMM with the
+    center's weights over every member's rows plus each member's rank-r
+    correction ``(x B_i) A_i^T`` and its bias noise.
+    """
+
+    def __init__(self, policy: Policy, spec, members: torch.Tensor):
+        from zoopt.eggroll.layers import population_linear
+
+        self._linear = population_linear
+        self.policy, self.spec, self.members, self.n = policy, spec, members, int(members.numel())
+        center = spec.center.to(torch.float32)
+        self.blocks = list(spec.blocks)
+        self.center = [center[b.offset:b.offset + b.numel].reshape(b.shape) for b in self.blocks]
+
+    @staticmethod
+    def fits(policy: Policy, spec) -> bool:
+        blocks = getattr(spec, "blocks", None)
+        return (getattr(spec, "kind", None) == "lowrank" and policy.config.quant == "none" and blocks is not None
+                and [tuple(b.shape) for b in blocks] == policy.param_shapes)
+
+    def forward(self, start: int, stop: int):
+        from zoopt.eggroll.population import Population
+
+        spec = self.spec
+        pop = Population(self.members[start:stop], seed=spec.seed, epoch=spec.epoch, sigma=spec.sigma,
+                         rank=spec.rank)
+        step = 2 if self.policy.config.bias else 1
+        last = len(self.policy.shapes) - 1
+
+        def forward(obs):
+            m, k, d = obs.shape
+            h = obs.reshape(m * k, d)
+            for li in range(len(self.policy.shapes)):
+                wb, w = self.blocks[li * step], self.center[li * step]
+                bb, b = (self.blocks[li * step + 1], self.center[li * step + 1]) if step == 2 else (None, None)
+                h = self._linear(pop, h, w, b, weight_id=wb.tensor_id, bias_id=bb.tensor_id if bb else 0,
+                                 weight_mode=wb.mode, bias_mode=bb.mode if bb else "frozen", shared=False)
+                if li < last:
+                    h = torch.tanh(h)
+            return h.reshape(m, k, -1)
+
+        return forward
+
+
 class Rollouts:
     """Runs episodes of a population of policies side by side in one Gymnasium vector env.
 
@@ -163,26 +224,28 @@ class Rollouts:
         cap = self.num_envs or (m * k if self.vector == "sync" else (os.cpu_count() or 1))
         return max(1, min(m, cap // k))
 
-    def run(self, layers, seeds: list[int], normalizer: ObsNormalizer, shift: Optional[np.ndarray] = None):
-        """Run ``len(seeds)`` episodes for each member whose layers are given.
+    def run(self, batch, seeds: list[int], normalizer: ObsNormalizer, shift: Optional[np.ndarray] = None):
+        """Run ``len(seeds)`` episodes for each member of ``batch`` (a :class:`DenseBatch`,
+        :class:`LowRankBatch`, or a list of layers from ``Policy.layers``).
 
         Returns (returns ``[M, K]`` float64, per-member :class:`RunningStats` of the
         observations the policy saw; their counts are the env steps used).
         ``shift`` (e.g. the running mean) keeps the float64 sums well conditioned.
         """
-        m_total = layers[0][0].shape[0]
+        if isinstance(batch, list):
+            batch = DenseBatch(self.policy, batch)
+        m_total = batch.n
         per_wave = self._wave_members(m_total, len(seeds))
         shift = np.zeros(self.policy.config.obs_dim) if shift is None else np.asarray(shift, dtype=np.float64)
         returns, stats = [], []
         for start in range(0, m_total, per_wave):
             stop = min(start + per_wave, m_total)
-            wave = [(w[start:stop], None if b is None else b[start:stop]) for w, b in layers]
-            r, s = self._run_wave(wave, stop - start, seeds, normalizer, shift)
+            r, s = self._run_wave(batch.forward(start, stop), stop - start, seeds, normalizer, shift)
             returns.append(r)
             stats.extend(s)
         return np.concatenate(returns, axis=0), stats
 
-    def _run_wave(self, layers, m: int, seeds: list[int], normalizer: ObsNormalizer, shift: np.ndarray):
+    def _run_wave(self, forward, m: int, seeds: list[int], normalizer: ObsNormalizer, shift: np.ndarray):
         k = len(seeds)
         n = m * k
         env = self._vector_env(n)
@@ -200,7 +263,7 @@ class Rollouts:
             s2 += d * d
             count += live
             o = normalizer(torch.from_numpy(raw).to(torch.float32)).reshape(m, k, obs_dim)
-            a = self.policy.act(layers, o).reshape(n, -1 if continuous else 1).numpy()
+            a = self.policy.head(forward(o)).reshape(n, -1 if continuous else 1).numpy()
             if not continuous:
                 a = a.reshape(n)
             obs, reward, terminated, truncated, _ = env.step(a)
@@ -286,17 +349,24 @@ class GymProblem(Problem):
     def evaluate(self, spec, members) -> torch.Tensor:
         idx = member_index(members, spec.popsize)
         self.begin_generation(spec.generation)
-        layers = self.member_layers(spec, idx)
+        shared = getattr(spec, "extras", {}).get(SPEC_STATS_KEY)
+        if shared is not None:  # a coordinator's frozen statistics for this generation win over this copy's
+            self.running = shared
+        batch = self.member_batch(spec, idx)
         seeds = episode_seeds(self.seed, spec.generation, self.episodes)
-        returns, member_stats = self.runner.run(layers, seeds, self.normalizer, self.running.mean)
+        returns, member_stats = self.runner.run(batch, seeds, self.normalizer, self.running.mean)
         for m, st in zip(idx.tolist(), member_stats):
             self.pending.members[m] = st
         self.env_steps += int(sum(st.count for st in member_stats))
         return torch.as_tensor(-returns.mean(axis=1), dtype=torch.float32)
 
-    def member_layers(self, spec, idx: torch.Tensor):
-        """The policy layers of members ``idx``; strategies with a structured spec override this path."""
-        return self.policy.layers(spec.points(idx))
+    def member_batch(self, spec, idx: torch.Tensor):
+        """Members ``idx`` ready for the population forward: EGGROLL's low-rank spec through its
+        population-aware linear layers when the spec's blocks are the policy's tensors (fp32),
+        any other spec through explicit points (``spec.points``)."""
+        if LowRankBatch.fits(self.policy, spec):
+            return LowRankBatch(self.policy, spec, idx)
+        return DenseBatch(self.policy, self.policy.layers(spec.points(idx)))
 
     # -- statistics across generations and workers ---------------------------------
     def begin_generation(self, generation: int) -> None:
@@ -313,6 +383,12 @@ class GymProblem(Problem):
         for m in sorted(self.pending.members):
             self.running = self.running.merge(self.pending.members[m])
         self.pending = GenerationStats(self.pending.generation)
+
+    def share_stats(self, spec) -> None:
+        """Put this (coordinating) copy's frozen statistics for ``spec``'s generation into ``spec.extras``,
+        so worker copies that evaluate ``spec`` normalize exactly as this copy would."""
+        self.begin_generation(spec.generation)
+        spec.extras[SPEC_STATS_KEY] = self.running
 
     def stats(self) -> GenerationStats:
         """Per-member statistics of the generation evaluated last (for merging across workers)."""

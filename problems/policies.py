@@ -115,6 +115,8 @@ class Policy:
         per_layer = [o * i + (o if config.bias else 0) for o, i in self.shapes]
         self.offsets = np.concatenate([[0], np.cumsum(per_layer)]).astype(int).tolist()
         self.dim = int(self.offsets[-1])
+        # the tensors of the flat vector in order: W (out, in), then b (out,) when biased
+        self.param_shapes = [s for o, i in self.shapes for s in ([(o, i), (o,)] if config.bias else [(o, i)])]
         if config.head == "continuous":
             self._low = torch.tensor(config.low, dtype=torch.float32)
             self._half = torch.tensor([(h - l) / 2 for l, h in zip(config.low, config.high)], dtype=torch.float32)

@@ -224,7 +224,57 @@ def test_workers_guard():
     with pytest.raises(ValueError, match="workers"):
         make_rl_evaluator(0)
     try:
-        import zoopt.workers.ray_evaluator  # noqa: F401
+        from zoopt.workers.ray_evaluator import RayEvaluator
     except ImportError:
-        with pytest.raises(RuntimeError, match="Ray evaluator"):
+        RayEvaluator = None
+    if RayEvaluator is None or not getattr(RayEvaluator, "merges_problem_stats", False):
+        with pytest.raises(RuntimeError, match="Ray evaluator|stats"):
             make_rl_evaluator(2)
+
+
+def test_shared_stats_reach_worker_copies():
+    """A worker copy evaluating a spec that carries the coordinator's statistics normalizes like it."""
+    driver, worker = GymProblem("CartPole-v1", seed=6), GymProblem("CartPole-v1", seed=6)
+    es = zoopt.OpenAIES(driver.initial_point(), popsize=6, sigma=0.5, seed=0)
+    for _ in range(3):
+        spec = es.ask()
+        driver.share_stats(spec)
+        f_driver = driver.evaluate(spec, range(6))
+        f_worker = worker.evaluate(spec, range(3, 6))  # this copy never saw members 0-2
+        assert torch.equal(f_driver[3:], f_worker)
+        es.tell(f_driver)
+
+
+def test_eggroll_members_use_the_population_forward():
+    pytest.importorskip("zoopt.eggroll")
+    from zoopt.commands.rl import make_rl_strategy
+    from zoopt.problems.gym import DenseBatch, LowRankBatch
+
+    problem = GymProblem("CartPole-v1", policy="mlp", hidden=(8,), seed=0)
+    es = make_rl_strategy("eggroll", problem, 12, 0)
+    spec = es.ask()
+    idx = torch.arange(12)
+    batch = problem.member_batch(spec, idx)
+    assert isinstance(batch, LowRankBatch)
+    obs = torch.randn(12, 3, 4, generator=torch.Generator().manual_seed(0))
+    dense = DenseBatch(problem.policy, problem.policy.layers(spec.points(idx))).forward(0, 12)(obs)
+    torch.testing.assert_close(batch.forward(0, 12)(obs), dense, atol=1e-5, rtol=1e-5)
+    f_all = problem.evaluate(spec, idx)
+    f_sliced = LocalEvaluator(chunk=4)(GymProblem("CartPole-v1", policy="mlp", hidden=(8,), seed=0), spec)
+    assert torch.equal(f_all, f_sliced)
+    # quantized policies cannot skip materializing: they take the explicit-points path
+    q = GymProblem("CartPole-v1", quant="int8", seed=0)
+    assert isinstance(q.member_batch(make_rl_strategy("eggroll", q, 4, 0).ask(), torch.arange(4)), DenseBatch)
+
+
+@pytest.mark.parametrize("method", ["openai_es", "cma_es", "eggroll", "polystep"])
+def test_every_method_trains_a_cartpole_policy(method):
+    from zoopt.commands.rl import train_rl
+    from zoopt.registry import METHODS
+
+    if method in ("eggroll", "polystep"):
+        pytest.importorskip(f"zoopt.{method}")
+    out = train_rl("CartPole-v1", method, budget=1500, popsize=10, seed=0, eval_episodes=2)
+    assert method in METHODS
+    assert out["env_steps"] >= 1500 and out["generations"] >= 1
+    assert all(np.isfinite(r["test_mean"]) and r["test_mean"] >= 8 for r in out["history"] if "test_mean" in r)

@@ -28,14 +28,30 @@ METHOD_DEFAULTS = {
 }
 
 
-def make_rl_strategy(method: str, x0: torch.Tensor, popsize: int, seed: int, **options):
-    """A registered strategy with the RL defaults for ``method``, overridden by ``options``."""
+def make_rl_strategy(method: str, problem, popsize: int, seed: int, **options):
+    """A registered strategy for ``problem`` with the RL defaults for ``method``, overridden by ``options``.
+
+    EGGROLL gets the policy's tensor shapes, so its weight matrices are
+    perturbed by low-rank factors and members run through its population
+    forward; PolyStep's population size follows from its geometry.
+    """
+    import importlib
+
     from zoopt.registry import METHODS, make_strategy
 
+    for module in ("zoopt.eggroll", "zoopt.polystep"):  # they register their method names on import
+        try:
+            importlib.import_module(module)
+        except ImportError:
+            pass
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; choose one of {sorted(METHODS)}")
     kwargs = {**METHOD_DEFAULTS.get(method, {}), **{k: v for k, v in options.items() if v is not None}}
-    return make_strategy(method, x0, seed=seed, popsize=popsize, **kwargs)
+    if method == "eggroll":
+        kwargs.setdefault("shapes", problem.policy.param_shapes)
+    if method != "polystep":
+        kwargs["popsize"] = popsize
+    return make_strategy(method, problem.initial_point(), seed=seed, **kwargs)
 
 
 def make_rl_evaluator(workers: int):
@@ -51,17 +67,25 @@ def make_rl_evaluator(workers: int):
     except ImportError as exc:
         raise RuntimeError(f"--workers {workers} needs the Ray evaluator (zoopt.workers.ray_evaluator) and the "
                            f"ray extra; it is not available here ({exc}). Use --workers 1.") from None
-    return RayEvaluator(num_workers=workers)
+    if not getattr(RayEvaluator, "merges_problem_stats", False):
+        raise RuntimeError(f"--workers {workers}: this Ray evaluator does not bring the workers' problem.stats() "
+                           "(observation statistics and env steps) back to the driver, which RL needs for "
+                           "normalization and the env-step budget. Use --workers 1.")
+    return RayEvaluator(num_actors=workers)
 
 
 def train_rl(env_id: str, method: str = "openai_es", *, budget: int = 200_000, popsize: int = 50, seed: int = 0,
              policy: str = "linear", hidden=(64,), quant: str = "none", episodes: int = 1, workers: int = 1,
              vector: str = "sync", obs_norm: bool = True, gamma: float = 1.0, action_penalty: float = 0.0,
              alive_penalty: float = 0.0, eval_every: int = 1, eval_episodes: int = 10,
-             target: Optional[float] = None, out: Optional[str] = None, progress: bool = False,
+             eval_every_steps: Optional[int] = None, target: Optional[float] = None, out: Optional[str] = None, progress: bool = False,
              strategy_options: Optional[dict] = None, env_kwargs: Optional[dict] = None) -> dict:
     """Search a policy for ``env_id`` with ``method`` until ``budget`` env steps are used (or ``target``
-    is reached by the center's test return). Returns a summary with the per-generation history."""
+    is reached by the center's test return). Returns a summary with the per-generation history.
+
+    The center is tested every ``eval_every`` generations, or, with
+    ``eval_every_steps``, whenever the env steps cross a multiple of it.
+    """
     from tqdm.auto import tqdm
 
     from zoopt.metrics import JsonlLogger
@@ -72,28 +96,45 @@ def train_rl(env_id: str, method: str = "openai_es", *, budget: int = 200_000, p
         raise ValueError(f"budget must be a positive int (environment steps), got {budget!r}")
     if eval_every < 1 or eval_episodes < 1:
         raise ValueError(f"eval_every and eval_episodes must be >= 1, got {eval_every} and {eval_episodes}")
+    if eval_every_steps is not None and eval_every_steps < 1:
+        raise ValueError(f"eval_every_steps must be >= 1 or None, got {eval_every_steps}")
     problem = GymProblem(env_id, policy=policy, hidden=hidden, quant=quant, episodes=episodes, seed=seed,
                          vector=vector, obs_norm=obs_norm, gamma=gamma, action_penalty=action_penalty,
                          alive_penalty=alive_penalty, env_kwargs=env_kwargs)
-    strategy = make_rl_strategy(method, problem.initial_point(), popsize, seed, **(strategy_options or {}))
+    strategy = make_rl_strategy(method, problem, popsize, seed, **(strategy_options or {}))
     evaluator = make_rl_evaluator(workers)
     meta = {"env_id": env_id, "env_kwargs": env_kwargs or {}, "method": method, "seed": seed,
             "episodes": episodes, "popsize": popsize}
     logger = JsonlLogger(os.path.join(out, "metrics.jsonl") if out else None)
     history, best = [], {"return": -math.inf, "env_steps": None, "generation": None}
-    reached_at = None
+    reached_at, next_eval, test_seconds = None, eval_every_steps, 0.0
     start = time.perf_counter()
     bar = tqdm(total=budget, disable=not progress, unit="step", unit_scale=True, dynamic_ncols=True)
     try:
         while problem.env_steps < budget:
             spec = strategy.ask()
+            if workers > 1:
+                problem.share_stats(spec)
+            steps_before = problem.env_steps
             fitness = evaluator(problem, spec)
+            if problem.env_steps == steps_before:
+                raise RuntimeError("the evaluator did not report the workers' observation statistics and env "
+                                   "steps: it must merge each worker's problem.stats() into the driver's problem "
+                                   "with problem.merge_stats(); use --workers 1 until it does")
             gen_stats = strategy.tell(fitness)
             g = strategy.generation
             rec = {"generation": g, "env_steps": problem.env_steps, "train_mean": -gen_stats["mean"],
                    "train_max": -gen_stats["min"], "seconds": time.perf_counter() - start}
+            # training throughput: wall time so far minus the time spent testing the center
+            rec["steps_per_s"] = problem.env_steps / max(rec["seconds"] - test_seconds, 1e-9)
             done = problem.env_steps >= budget
-            if g % eval_every == 0 or done:
+            if eval_every_steps is None:
+                due = g % eval_every == 0
+            else:
+                due = problem.env_steps >= next_eval or g == 1
+                next_eval = (problem.env_steps // eval_every_steps + 1) * eval_every_steps
+            if due or done:
+                t_test = time.perf_counter()
                 center = strategy.center.detach().clone()
                 test = problem.evaluate_center(center, eval_episodes, generation=g)
                 rec.update(test_mean=float(test.mean()), test_std=float(test.std()))
@@ -105,7 +146,8 @@ def train_rl(env_id: str, method: str = "openai_es", *, budget: int = 200_000, p
                                      "test_mean": rec["test_mean"], "eval_generation": g})
                 if target is not None and reached_at is None and rec["test_mean"] >= target:
                     reached_at = problem.env_steps
-            rec["steps_per_s"] = problem.env_steps / max(rec["seconds"], 1e-9)
+                test_seconds += time.perf_counter() - t_test
+            rec["test_seconds"] = test_seconds
             history.append(rec)
             logger.log(rec)
             bar.update(problem.env_steps - bar.n)
@@ -128,6 +170,7 @@ def train_rl(env_id: str, method: str = "openai_es", *, budget: int = 200_000, p
                        "generations": strategy.generation, "seconds": time.perf_counter() - start}, fh, indent=2)
     return {"history": history, "best": best, "env_steps": problem.env_steps, "reached_at": reached_at,
             "generations": strategy.generation, "seconds": time.perf_counter() - start,
+            "test_seconds": test_seconds,
             "center": strategy.center.detach().clone(), "problem": problem, "final_dir": final_dir}
 
 
