@@ -1,6 +1,7 @@
 """zoopt: forward-only optimization for what backpropagation cannot train."""
 from zoopt.cma_es import CMAES
 from zoopt.eggroll import EGGROLL, EGGROLLES  # noqa: F401
+from zoopt.hdet import HDETOneCycleLR, HDETSimulation  # noqa: F401
 from zoopt.openai_es import OpenAIES
 from zoopt.random_search import RandomSearch
 from zoopt.registry import METHODS, register

@@ -1,0 +1,166 @@
+"""Rank-agnostic HDET bookkeeping shared by the distributed scheduler and the simulation.
+
+Holds the step counter, the base LR per param group, the multipliers ρ and their current
+permutation per group, the auto-LR controller and the explored scalars. It knows every
+replica's LR, so the distributed scheduler reads its own row and the simulation reads all rows.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from zoopt.hdet.controller import ZeroOrderController, decay_from_floor
+from zoopt.hdet.permutation import PermutationStream, spread_multipliers
+from zoopt.hdet.schedule import OneCycleCurve
+
+SCHEDULES_AFTER_START = ("controller", "onecycle")
+
+
+class EnsembleSchedule:
+    """Which LR (and scalar value) each of ``n_replicas`` replicas uses at every step.
+
+    See :class:`zoopt.HDETOneCycleLR` for the arguments. ``t`` counts completed steps.
+    """
+
+    def __init__(self, n_replicas: int, curve: OneCycleCurve, spread=0.1, sync_every=1000, auto_lr=True,
+                 auto_lr_start=None, average=True, temperature=0.1, meta_lr=0.5, momentum=0.9,
+                 lr_floor=None, perm_seed=1024, hyperparams=(), spread_before_auto_lr=True,
+                 schedule_after_start="controller"):
+        if not isinstance(sync_every, int) or isinstance(sync_every, bool) or sync_every < 1:
+            raise ValueError(f"sync_every must be a positive integer, got {sync_every!r}")
+        if schedule_after_start not in SCHEDULES_AFTER_START:
+            raise ValueError(f"schedule_after_start must be one of {SCHEDULES_AFTER_START}, got {schedule_after_start!r}")
+        total = curve.total_steps
+        if auto_lr_start is None:
+            auto_lr_start = int(math.ceil(float(curve.phases[0].end_step) + 1))
+        if not isinstance(auto_lr_start, int) or not 0 <= auto_lr_start:
+            raise ValueError(f"auto_lr_start must be an integer step >= 0, got {auto_lr_start!r}")
+        self.n = n_replicas
+        self.curve = curve
+        self.n_groups = len(curve.max_lr)
+        self.spread = float(spread)
+        self.rho = spread_multipliers(n_replicas, spread)
+        self.sync_every = sync_every
+        self.auto_lr = bool(auto_lr)
+        self.auto_lr_start = min(auto_lr_start, total)
+        self.average = bool(average)
+        self.spread_before_auto_lr = bool(spread_before_auto_lr)
+        self.schedule_after_start = schedule_after_start
+        self.perm_seed = perm_seed
+        self.stream = PermutationStream(n_replicas, perm_seed)
+        self.perms = torch.arange(n_replicas).repeat(self.n_groups, 1)       # [G, N]
+        self.spread_on = self.spread_before_auto_lr
+
+        # γ takes the base from its value when the controller starts to the floor in K syncs.
+        first = -(-self.auto_lr_start // sync_every) * sync_every
+        self.num_controller_syncs = max(0, (total - first) // sync_every + 1) if first <= total else 0
+        start_lr = curve.lr(self.auto_lr_start)
+        self.lr_floor = None
+        decay = [0.0] * self.n_groups
+        if schedule_after_start == "controller":
+            floor = curve.min_lr if lr_floor is None else (
+                list(lr_floor) if isinstance(lr_floor, (list, tuple)) else [float(lr_floor)] * self.n_groups)
+            self.lr_floor = floor
+            if self.auto_lr:
+                decay = decay_from_floor(start_lr, floor, self.num_controller_syncs)
+        elif lr_floor is not None:
+            raise ValueError("lr_floor applies only with schedule_after_start='controller' "
+                             "(with 'onecycle' the curve itself decays)")
+        # The floor also bounds the base from below: momentum remembers Δ from when the base was
+        # larger, and (1−γ)η̄ + λv could otherwise cross zero.
+        lower = torch.tensor(self.lr_floor, dtype=torch.float64) if self.lr_floor is not None else 0.0
+        self.controller = ZeroOrderController(self.n_groups, temperature, meta_lr, momentum, decay, lower=lower)
+        self.held = None            # controller-owned base LR [G] (float64), once active
+        self.scale = torch.ones(self.n_groups, dtype=torch.float64)        # 'onecycle' mode correction
+        self.hyperparams = list(hyperparams)
+        for i, h in enumerate(self.hyperparams):
+            h.bind(n_replicas, perm_seed + 1 + i)
+        self.t = 0
+
+    # ------------------------------------------------------------------ values
+    def controller_active(self, t=None) -> bool:
+        return self.auto_lr and (self.t if t is None else t) >= self.auto_lr_start
+
+    def base_lr(self) -> torch.Tensor:
+        """Unscaled base LR η̄ per group at the current step, ``[G]`` float64."""
+        if self.controller_active() and self.schedule_after_start == "controller":
+            if self.held is None:
+                self.held = torch.tensor(self.curve.lr(self.auto_lr_start), dtype=torch.float64)
+            return self.held
+        return self.scale * torch.tensor(self.curve.lr(self.t), dtype=torch.float64)
+
+    def multipliers(self) -> torch.Tensor:
+        """``[N, G]``: ρ[π_g(r)] (all ones while the spread is inert)."""
+        if not self.spread_on:
+            return torch.ones(self.n, self.n_groups, dtype=torch.float64)
+        return self.rho[self.perms].T.contiguous()
+
+    def lrs(self) -> torch.Tensor:
+        """``[N, G]`` LR of every replica and group at the current step (float64)."""
+        return self.base_lr().unsqueeze(0) * self.multipliers()
+
+    def momentum(self) -> list[float]:
+        return self.curve.momentum(min(self.t, self.curve.total_steps))
+
+    def apply_hyperparams(self, replica: int) -> None:
+        for h in self.hyperparams:
+            h.apply(h.value_for(replica))
+
+    # ------------------------------------------------------------------ steps
+    def advance(self) -> bool:
+        """t ← t + 1; True when this step ends a window (a converge / controller sync)."""
+        self.t += 1
+        if self.t > self.curve.total_steps:
+            raise ValueError(f"tried to step {self.t} times; the cycle has total_steps={self.curve.total_steps}")
+        return self.t % self.sync_every == 0
+
+    def needs_losses(self) -> bool:
+        return self.controller_active()
+
+    def controller_sync(self, lrs_used: torch.Tensor, train_losses: torch.Tensor,
+                        heldout_losses: torch.Tensor | None = None) -> dict:
+        """Auto-LR step at a sync (call only when :meth:`controller_active`), then redraw π."""
+        new_base = self.controller.update(train_losses, lrs_used)
+        if self.schedule_after_start == "controller":
+            self.held = new_base
+        else:
+            self.scale = self.scale * new_base / lrs_used.to(torch.float64).mean(0)
+        self.perms = self.stream.draw(self.n_groups)
+        self.spread_on = True
+        for h in self.hyperparams:
+            if h.signal == "heldout":
+                if heldout_losses is None:
+                    raise ValueError(f"hyperparameter {h.name!r} is driven by the held-out loss: "
+                                     "pass heldout_loss to step() at least once per window")
+                h.update(heldout_losses)
+            else:
+                h.update(train_losses)
+        return {"weights": self.controller.last["weights"], "delta": self.controller.last["delta"],
+                "base": new_base.clone()}
+
+    def all_perms(self) -> torch.Tensor:
+        """Every permutation currently in force (LR groups, then each scalar): for agreement checks."""
+        return torch.cat([self.perms] + [h.perm.unsqueeze(0) for h in self.hyperparams])
+
+    # ------------------------------------------------------------------ state
+    def state_dict(self) -> dict:
+        return {"t": self.t, "perms": self.perms.clone(), "stream": self.stream.state_dict(),
+                "spread_on": self.spread_on, "held": None if self.held is None else self.held.clone(),
+                "scale": self.scale.clone(), "controller": self.controller.state_dict(),
+                "hyperparams": [h.state_dict() for h in self.hyperparams], "n": self.n}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state["n"] != self.n:
+            raise ValueError(f"state is for {state['n']} replicas, this run has {self.n}")
+        if len(state["hyperparams"]) != len(self.hyperparams):
+            raise ValueError("state has a different number of explored hyperparameters")
+        self.t = state["t"]
+        self.perms = state["perms"].clone()
+        self.stream.load_state_dict(state["stream"])
+        self.spread_on = state["spread_on"]
+        self.held = None if state["held"] is None else state["held"].clone()
+        self.scale = state["scale"].clone()
+        self.controller.load_state_dict(state["controller"])
+        for h, s in zip(self.hyperparams, state["hyperparams"]):
+            h.load_state_dict(s)
