@@ -40,8 +40,13 @@ def save_checkpoint(path: str, strategy, nfev: int, history: list) -> None:
 
 def run(strategy, problem: Problem, budget: int, evaluator=None, *, checkpoint: Optional[str] = None,
         checkpoint_every: int = 10, resume: bool = False, progress: bool = False,
-        metrics: Optional[str] = None, callback: Optional[Callable] = None) -> OptimizeResult:
+        metrics: Optional[str] = None, callback: Optional[Callable] = None,
+        evaluator_options: Optional[dict] = None) -> OptimizeResult:
     """Drive ``strategy`` on ``problem`` until ``budget`` evaluations are spent.
+
+    ``evaluator``: "local", "ray" or an evaluator object; a named one is built
+    with ``evaluator_options`` (e.g. ``{"num_actors": 2}`` for Ray) and closed
+    when the run ends.
 
     With ``checkpoint`` set, the state is saved every ``checkpoint_every``
     generations; ``resume=True`` continues from that file if it exists and
@@ -51,7 +56,8 @@ def run(strategy, problem: Problem, budget: int, evaluator=None, *, checkpoint: 
         raise ValueError(f"budget must be a positive int (evaluations), got {budget!r}")
     if checkpoint_every < 1:
         raise ValueError(f"checkpoint_every must be >= 1, got {checkpoint_every}")
-    evaluator = make_evaluator(evaluator)
+    owns_evaluator = evaluator is None or isinstance(evaluator, str)
+    evaluator = make_evaluator(evaluator, **(evaluator_options or {}))
     nfev, history = 0, []
     if resume and checkpoint and os.path.exists(checkpoint):
         state = torch.load(checkpoint, weights_only=False)
@@ -80,6 +86,8 @@ def run(strategy, problem: Problem, budget: int, evaluator=None, *, checkpoint: 
                 break
     finally:
         bar.close()
+        if owns_evaluator and hasattr(evaluator, "close"):
+            evaluator.close()
     if checkpoint:
         save_checkpoint(checkpoint, strategy, nfev, history)
     best = strategy.best_x if strategy.best_x is not None else strategy.center
@@ -91,7 +99,7 @@ def run(strategy, problem: Problem, budget: int, evaluator=None, *, checkpoint: 
 def minimize(fn, x0, method: str = "openai_es", budget: int = 10_000, seed: int = 0, evaluator="local",
              *, checkpoint: Optional[str] = None, checkpoint_every: int = 10, resume: bool = False,
              progress: bool = False, metrics: Optional[str] = None, callback: Optional[Callable] = None,
-             **options) -> OptimizeResult:
+             evaluator_options: Optional[dict] = None, **options) -> OptimizeResult:
     """Minimize ``fn``, which maps a batch ``[N, D]`` to ``[N]``, from ``x0``.
 
     ``method``: "openai_es", "cma_es", "sep_cma_es", "random" and the methods
@@ -106,4 +114,5 @@ def minimize(fn, x0, method: str = "openai_es", budget: int = 10_000, seed: int 
         problem = VectorProblem(fn, center.numel(), array="torch" if isinstance(x0, torch.Tensor) else "numpy")
     strategy = make_strategy(method, center, seed=seed, **options)
     return run(strategy, problem, budget, evaluator, checkpoint=checkpoint, checkpoint_every=checkpoint_every,
-               resume=resume, progress=progress, metrics=metrics, callback=callback)
+               resume=resume, progress=progress, metrics=metrics, callback=callback,
+               evaluator_options=evaluator_options)

@@ -1,0 +1,164 @@
+"""RayEvaluator: same fitness as in-process evaluation, faults survived, clear errors."""
+import os
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("ray")
+
+import zoopt  # noqa: E402
+from conftest_ray import ray_cluster  # noqa: E402,F401
+from zoopt.problems import ModuleProblem, Problem, VectorProblem  # noqa: E402
+from zoopt.shaping import shape_fitness  # noqa: E402
+from zoopt.workers import LocalEvaluator, make_evaluator  # noqa: E402
+from zoopt.workers.ray_evaluator import RayEvaluator  # noqa: E402
+
+# Workers import this module's problem classes by value, whoever started Ray.
+import ray  # noqa: E402
+
+ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+
+
+def rastrigin(x):
+    return 10 * x.shape[1] + (x ** 2 - 10 * torch.cos(2 * torch.pi * x)).sum(1)
+
+
+class FaultOnce(Problem):
+    """Wraps a problem; the first evaluation (across processes, via a marker file) of a slice that
+    contains ``trigger`` dies (``exit``), is killed by ``ray.kill`` (``kill``) or hangs (``hang``)."""
+
+    def __init__(self, inner, marker, trigger, how):
+        self.inner, self.dim, self.marker, self.trigger, self.how = inner, inner.dim, str(marker), trigger, how
+
+    def evaluate(self, spec, members):
+        if bool((torch.as_tensor(members) == self.trigger).any()) and not os.path.exists(self.marker):
+            with open(self.marker, "w") as f:
+                f.write(str(os.getpid()))
+            if self.how == "exit":
+                os._exit(1)
+            if self.how == "kill":
+                import ray as ray_in_actor
+
+                ray_in_actor.kill(ray_in_actor.get_runtime_context().current_actor, no_restart=True)
+            time.sleep(300)
+        return self.inner.evaluate(spec, members)
+
+
+class Failing(Problem):
+    dim = 4
+
+    def evaluate(self, spec, members):
+        raise ValueError("this problem always fails")
+
+
+@pytest.fixture(scope="module")
+def evaluator(ray_cluster):
+    # half a CPU per actor leaves the other CPU of the 2-CPU test cluster to the evaluators tests build
+    ev = RayEvaluator(2, actor_config={"num_cpus": 0.5}, timeout_s=5.0, max_retries=2)
+    yield ev
+    ev.close()
+
+
+def gaussian_spec(dim=12, popsize=96, seed=5):
+    es = zoopt.OpenAIES(torch.linspace(-1, 1, dim), popsize=popsize, sigma=0.3, seed=seed)
+    return es, es.ask()
+
+
+def test_vector_problem_same_fitness_as_local(evaluator):
+    problem = VectorProblem(rastrigin, 12)
+    _, spec = gaussian_spec()
+    local = LocalEvaluator()(problem, spec)
+    assert torch.equal(evaluator(problem, spec), local)
+    assert evaluator.traffic["tasks"] >= 2  # the generation was split across tasks
+    members = [3, 90, 17, 4, 5]  # non-contiguous members travel as indices
+    assert torch.equal(evaluator(problem, spec, members), local[members])
+    # a PointsSpec (CMA-ES) carries its candidates
+    spec = zoopt.CMAES(torch.ones(12), popsize=10, sigma=0.5, seed=1).ask()
+    assert torch.equal(evaluator(problem, spec), LocalEvaluator()(problem, spec))
+
+
+def test_module_problem_same_fitness_and_new_problem_reloaded(evaluator):
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.Tanh(), torch.nn.Linear(16, 3))
+    g = torch.Generator().manual_seed(1)
+    x, y = torch.randn(64, 8, generator=g), torch.randint(0, 3, (64,), generator=g)
+    problem = ModuleProblem(model, torch.nn.CrossEntropyLoss(), (x, y), batch_size=32, chunk=16)
+    es = zoopt.OpenAIES(problem.initial_point(), popsize=128, sigma=0.05, seed=2)
+    for _ in range(2):  # two generations: a new center and minibatch each
+        spec = es.ask()
+        fitness = evaluator(problem, spec)
+        assert torch.equal(fitness, LocalEvaluator()(problem, spec))
+        es.tell(fitness)
+    assert len(set(fitness.tolist())) > 100  # members really differ
+
+
+def test_weighted_noise_sum_equals_the_es_gradient(evaluator):
+    problem = VectorProblem(rastrigin, 12)
+    es, spec = gaussian_spec(popsize=1200)
+    weights = shape_fitness(evaluator(problem, spec), "centered_rank")
+    total = evaluator.weighted_noise_sum(spec, weights)
+    # ranges of 512 members = OpenAIES's chunks of 256 pairs, summed in the same order: bit-equal
+    # the same arithmetic as OpenAIES.gradient, to rounding (BLAS may split sums by thread count)
+    torch.testing.assert_close(total / (spec.popsize * spec.sigma), es.gradient(spec, weights), rtol=1e-5, atol=1e-7)
+    assert torch.equal(evaluator.weighted_noise_sum(spec, weights), total)  # independent of who ran what
+    with pytest.raises(ValueError, match="weights"):
+        evaluator.weighted_noise_sum(spec, weights[:-1])
+
+
+@pytest.mark.parametrize("how", ["exit", "kill", "hang"])
+def test_a_dead_or_hung_actor_is_replaced_and_the_generation_is_unchanged(evaluator, tmp_path, how):
+    inner = VectorProblem(rastrigin, 12)
+    _, spec = gaussian_spec(popsize=64, seed=9)
+    expected = LocalEvaluator()(inner, spec)
+    marker = tmp_path / "fault"
+    replaced = evaluator.replaced
+    fitness = evaluator(FaultOnce(inner, marker, trigger=37, how=how), spec)  # a hang times out after 5 s
+    assert marker.exists()  # the fault really happened, in an actor
+    assert int(marker.read_text()) != os.getpid()
+    assert torch.equal(fitness, expected)
+    assert evaluator.replaced > replaced and len(evaluator.actors()) == 2
+    assert ("timeout_s" if how == "hang" else "died") in evaluator.faults[-1]
+    assert torch.equal(evaluator(inner, spec), expected)  # the replacement keeps working
+
+
+def test_a_failing_problem_raises_its_own_error(evaluator):
+    _, spec = gaussian_spec()
+    with pytest.raises(ValueError, match="always fails"):
+        evaluator(Failing(), spec)
+
+
+def test_minimize_with_ray_equals_local(ray_cluster):
+    x0 = torch.full((6,), 2.0)
+    opts = dict(method="openai_es", budget=320, seed=3, popsize=32, sigma=0.2, lr=0.1)
+    local = zoopt.minimize(rastrigin, x0, **opts)
+    remote = zoopt.minimize(rastrigin, x0, evaluator="ray",
+                            evaluator_options={"num_actors": 2, "actor_config": {"num_cpus": 0.5}}, **opts)
+    assert remote.fun == local.fun and np.array_equal(remote.x, local.x)
+    assert [h["min"] for h in remote.history] == [h["min"] for h in local.history]
+
+
+def test_bad_address_fails_fast_with_a_clear_error(ray_cluster):
+    start = time.monotonic()
+    with pytest.raises(ConnectionError, match="no Ray cluster answers"):
+        RayEvaluator(address="127.0.0.1:9")
+    assert time.monotonic() - start < 30
+    with pytest.raises(ValueError, match="address"):
+        RayEvaluator(address="not an address")
+
+
+def test_bad_arguments_and_missing_gpus_are_refused(ray_cluster):
+    for kwargs, match in [(dict(num_actors=0), "num_actors"), (dict(num_actors="many"), "num_actors"),
+                          (dict(timeout_s=0), "timeout_s"), (dict(chunk=0), "chunk"),
+                          (dict(num_actors=5, actor_config={"num_cpus": 1}), "CPUs"),
+                          (dict(num_actors=2), "free")]:  # the module's evaluator holds one of the 2 CPUs
+        with pytest.raises(ValueError, match=match):
+            RayEvaluator(**kwargs)
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="cuda"):
+            RayEvaluator(1, num_gpus_per_actor=1)
+        with pytest.raises(ValueError, match="GPUs"):
+            RayEvaluator("num_gpus")
+    assert isinstance(make_evaluator("ray", num_actors=1), RayEvaluator)

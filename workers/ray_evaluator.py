@@ -1,0 +1,423 @@
+"""``RayEvaluator``: a generation's members evaluated on Ray actors, faults survived.
+
+Drop-in for ``LocalEvaluator``: ``evaluator(problem, spec, members=None) -> fitness``.
+
+What crosses process boundaries:
+
+- the problem, once (``ray.put``), into every actor; a different problem
+  object is loaded into the same actors;
+- per generation, one object-store payload: the spec without its center plus
+  the center (``spec.with_center(empty)``, center as a numpy array), fetched
+  once per actor;
+- per task, keys and a member range ``(start, stop)`` (an index array only when
+  ``members`` is not contiguous); back, float32 fitness for that range.
+
+No per-member vector is ever sent, except that a ``PointsSpec`` (CMA-ES and
+other samplers that own their RNG) carries its candidates by construction:
+they travel in the per-generation payload, once.
+
+Ranges come from a queue and go to whichever actor is free, so fast actors
+take more. A range whose actor dies (or whose evaluation exceeds
+``timeout_s``, after which the actor is killed) is re-queued and the actor is
+replaced; fitness is assembled by member index, so the result equals the
+fault-free run's. The call either returns every member's fitness or raises:
+nothing reaches the strategy half done.
+
+ES methods with very large populations can have actors reduce instead of the
+driver: after fitness is known (ranking needs all of it),
+``weighted_noise_sum(spec, weights)`` returns ``sum_i w_i s_i eps_i`` with each
+actor regenerating its range's keyed noise and sending back one vector per
+range. For OpenAI-ES, ``gradient = weighted_noise_sum(spec, w) / (N * sigma)``.
+"""
+from __future__ import annotations
+
+import math
+import time
+from collections import deque
+
+import numpy as np
+import ray
+import torch
+from ray.exceptions import GetTimeoutError, ObjectLostError, RayActorError
+
+from zoopt.spec import member_index
+
+from .ray_actor import EvaluationActor
+from .ray_cluster import cluster_counts, connect
+
+ACTOR_FAULTS = (RayActorError, ObjectLostError, GetTimeoutError)
+NUM_ACTORS_WORDS = ("max", "num_cpus", "num_gpus")
+
+
+def _serialized_bytes(obj) -> int:
+    """Bytes Ray's serializer produces for ``obj`` (what a task argument costs on the wire)."""
+    context = ray._private.worker.global_worker.get_serialization_context()
+    return int(context.serialize(obj).total_bytes)
+
+
+class _Slot:
+    """One actor and what it is doing: starting (loading a problem), idle, or running one task."""
+
+    def __init__(self, actor):
+        self.actor = actor
+        self.ref = None        # the start or task reference in flight
+        self.block_index = None
+        self.since = 0.0
+
+    @property
+    def starting(self) -> bool:
+        return self.ref is not None and self.block_index is None
+
+
+class RayEvaluator:
+    """Evaluate on ``num_actors`` Ray actors, each holding one copy of the problem.
+
+    ``num_actors``: an int, ``"max"``/``"num_cpus"`` (one per cluster CPU) or
+    ``"num_gpus"`` (one per GPU, each with one GPU). ``num_gpus_per_actor``: a
+    number or ``"max"`` (the cluster's GPUs shared evenly). ``actor_config``:
+    extra ``.options()`` for the actors (``num_cpus``, ``resources``,
+    ``runtime_env``...). GPUs are only requested when Ray sees them and, for a
+    cluster this process starts, torch does too: Ray waits forever for a GPU
+    that isn't there, so that is a ValueError here instead.
+
+    ``address``: None starts a private local cluster on 127.0.0.1 (or reuses
+    the Ray this process already has), ``"auto"`` or ``"host:port"`` joins one.
+    ``chunk``: members per task (default: enough for ``ranges_per_actor``
+    tasks per actor, a multiple of the problem's own ``chunk`` when it has one
+    so batched forwards see the same batches as in-process evaluation).
+    ``timeout_s``: an evaluation task running longer is treated as hung: its
+    actor is killed and replaced, its range re-run. ``max_retries``: re-runs of
+    one range before the generation fails with RuntimeError.
+    """
+
+    name = "ray"
+
+    def __init__(self, num_actors="max", *, num_gpus_per_actor=None, actor_config: dict | None = None,
+                 address: str | None = None, num_cpus: int | None = None, threads_per_actor: int | None = None,
+                 chunk: int | None = None, ranges_per_actor: int = 4, sum_chunk: int = 512,
+                 timeout_s: float | None = None, max_retries: int = 3, start_timeout_s: float = 300.0,
+                 connect_timeout_s: float = 10.0):
+        self._check_args(num_actors, num_gpus_per_actor, actor_config, threads_per_actor, chunk,
+                         ranges_per_actor, sum_chunk, timeout_s, max_retries, start_timeout_s)
+        self.chunk, self.ranges_per_actor, self.sum_chunk = chunk, int(ranges_per_actor), int(sum_chunk)
+        self.timeout_s, self.max_retries, self.start_timeout_s = timeout_s, int(max_retries), float(start_timeout_s)
+        self.started_ray = connect(address, num_cpus=num_cpus, connect_timeout_s=connect_timeout_s)
+        self._local_cluster = address is None
+        self.num_actors, self.actor_options, self.threads = self._plan(
+            num_actors, num_gpus_per_actor, dict(actor_config or {}), threads_per_actor)
+        self._remote_class = ray.remote(max_restarts=0, max_task_retries=0)(EvaluationActor)
+        self._slots: list[_Slot] = []
+        self._problem = None
+        self._problem_box = None
+        self._problem_key = 0
+        self._payload_key = 0
+        self._payload = None     # (spec, [ref]) of the latest generation
+        self.replaced = 0        # actors replaced after a death or a timeout, over the evaluator's life
+        self.faults: list[str] = []  # why each range was re-run, oldest first
+        self.traffic = {"problem_bytes": 0, "payload_bytes": 0, "task_bytes": 0, "result_bytes": 0, "tasks": 0}
+
+    # -- configuration ------------------------------------------------------------
+    @staticmethod
+    def _check_args(num_actors, num_gpus_per_actor, actor_config, threads_per_actor, chunk, ranges_per_actor,
+                    sum_chunk, timeout_s, max_retries, start_timeout_s) -> None:
+        if isinstance(num_actors, str):
+            if num_actors not in NUM_ACTORS_WORDS:
+                raise ValueError(f"num_actors must be an int >= 1 or one of {NUM_ACTORS_WORDS}, got {num_actors!r}")
+        elif isinstance(num_actors, bool) or not isinstance(num_actors, (int, np.integer)) or num_actors < 1:
+            raise ValueError(f"num_actors must be an int >= 1 or one of {NUM_ACTORS_WORDS}, got {num_actors!r}")
+        if num_gpus_per_actor is not None and num_gpus_per_actor != "max":
+            if isinstance(num_gpus_per_actor, bool) or not isinstance(num_gpus_per_actor, (int, float)) \
+                    or not num_gpus_per_actor >= 0:
+                raise ValueError(f"num_gpus_per_actor must be a number >= 0, 'max' or None, got {num_gpus_per_actor!r}")
+        if actor_config is not None and not isinstance(actor_config, dict):
+            raise TypeError(f"actor_config must be a dict of actor options, got {type(actor_config).__name__}")
+        for name, value in (("threads_per_actor", threads_per_actor), ("chunk", chunk)):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise ValueError(f"{name} must be an int >= 1 or None, got {value!r}")
+        for name, value in (("ranges_per_actor", ranges_per_actor), ("sum_chunk", sum_chunk)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+        if timeout_s is not None and not (isinstance(timeout_s, (int, float)) and timeout_s > 0):
+            raise ValueError(f"timeout_s must be a number > 0 or None, got {timeout_s!r}")
+        if isinstance(max_retries, bool) or not isinstance(max_retries, int) or max_retries < 0:
+            raise ValueError(f"max_retries must be an int >= 0, got {max_retries!r}")
+        if not (isinstance(start_timeout_s, (int, float)) and start_timeout_s > 0):
+            raise ValueError(f"start_timeout_s must be a number > 0, got {start_timeout_s!r}")
+
+    def _plan(self, num_actors, num_gpus_per_actor, options: dict, threads):
+        """Actor count, ``.options()`` and torch threads, checked against what the cluster has."""
+        cpus, gpus = cluster_counts()
+        if self._local_cluster and not torch.cuda.is_available():
+            gpus = 0.0  # Ray may count GPUs a CPU-only torch cannot use
+        if num_actors in ("max", "num_cpus"):
+            num_actors = max(1, int(cpus))
+        elif num_actors == "num_gpus":
+            if gpus < 1:
+                raise ValueError("num_actors='num_gpus' needs GPUs, but "
+                                 + ("torch.cuda.is_available() is False" if not torch.cuda.is_available()
+                                    else "the Ray cluster has none"))
+            num_actors = int(gpus)
+            if num_gpus_per_actor is None:
+                num_gpus_per_actor = 1
+        num_actors = int(num_actors)
+        if num_gpus_per_actor == "max":
+            num_gpus_per_actor = gpus / num_actors if gpus else 0.0
+        gpu_each = float(options.pop("num_gpus", num_gpus_per_actor or 0.0))
+        if gpu_each > 0:
+            if not torch.cuda.is_available() and self._local_cluster:
+                raise ValueError(f"num_gpus_per_actor={gpu_each} but torch.cuda.is_available() is False: "
+                                 "Ray would wait forever for the GPU")
+            if gpu_each * num_actors > gpus + 1e-9:
+                raise ValueError(f"{num_actors} actors x {gpu_each} GPUs each exceeds the {gpus:g} GPUs Ray sees: "
+                                 "Ray would wait forever for them")
+            options["num_gpus"] = gpu_each
+        cpu_each = float(options.pop("num_cpus", min(1.0, cpus / num_actors)))
+        if cpu_each * num_actors > cpus + 1e-9:
+            raise ValueError(f"{num_actors} actors x {cpu_each:g} CPUs each exceeds the {cpus:g} CPUs Ray sees: "
+                             "Ray would wait forever for them; lower num_actors or actor_config['num_cpus']")
+        options["num_cpus"] = cpu_each
+        if self._local_cluster:
+            self._check_free_cpus(cpu_each * num_actors)
+        threads = threads or max(1, int(cpu_each))
+        return num_actors, options, int(threads)
+
+    @staticmethod
+    def _check_free_cpus(needed: float, wait_s: float = 5.0) -> None:
+        """On a local cluster, actors that can never be placed are an error now rather than a hang later."""
+        deadline = time.monotonic() + wait_s  # CPUs of actors killed a moment ago come back asynchronously
+        while True:
+            free = float(ray.available_resources().get("CPU", 0.0))
+            if free + 1e-9 >= needed:
+                return
+            if time.monotonic() > deadline:
+                raise ValueError(f"the actors need {needed:g} CPUs but only {free:g} of the local cluster's are free "
+                                 "(other actors hold them: close() other evaluators, or lower num_actors or "
+                                 "actor_config['num_cpus'])")
+            time.sleep(0.2)
+
+    # -- actors -------------------------------------------------------------------
+    def _new_slot(self) -> _Slot:
+        slot = _Slot(self._remote_class.options(**self.actor_options).remote(self.threads))
+        if self._problem_box is not None:
+            self._start(slot)
+        return slot
+
+    def _start(self, slot: _Slot) -> None:
+        slot.ref = slot.actor.load.remote(self._problem_key, self._problem_box)
+        slot.block_index, slot.since = None, time.monotonic()
+
+    def _use_problem(self, problem) -> None:
+        if problem is self._problem and self._slots:
+            return
+        if problem is not self._problem:
+            self._problem = problem
+            self._problem_key += 1
+            ref = ray.put(problem)
+            self._problem_box = [ref]
+            self.traffic["problem_bytes"] = _serialized_bytes(problem)
+            for slot in self._slots:
+                self._start(slot)
+        while len(self._slots) < self.num_actors:
+            self._slots.append(self._new_slot())
+
+    def _replace(self, slot: _Slot) -> None:
+        try:
+            ray.kill(slot.actor, no_restart=True)
+        except Exception:  # already gone
+            pass
+        self._slots[self._slots.index(slot)] = self._new_slot()
+        self.replaced += 1
+
+    def actors(self) -> list:
+        """The live actor handles (for inspection and fault-injection tests)."""
+        return [slot.actor for slot in self._slots]
+
+    # -- per generation -----------------------------------------------------------
+    def _put_payload(self, spec) -> tuple[int, list]:
+        if self._payload is not None and self._payload[0] is spec:
+            return self._payload_key, self._payload[1]
+        center = spec.center.detach().to("cpu", torch.float32).numpy()
+        small = spec.with_center(torch.empty(0, dtype=spec.center.dtype))
+        self._payload_key += 1
+        box = [ray.put((small, center))]
+        self._payload = (spec, box)
+        self.traffic["payload_bytes"] += _serialized_bytes((small, center))
+        return self._payload_key, box
+
+    def _blocks(self, idx: torch.Tensor, size: int) -> list:
+        n = idx.numel()
+        contiguous = n > 0 and bool(torch.equal(idx, torch.arange(int(idx[0]), int(idx[0]) + n)))
+        blocks = []
+        for s in range(0, n, size):
+            e = min(s + size, n)
+            blocks.append((int(idx[0]) + s, int(idx[0]) + e) if contiguous else idx[s:e].numpy())
+        return blocks
+
+    def _block_size(self, problem, n: int) -> int:
+        if self.chunk:
+            return self.chunk
+        size = max(1, math.ceil(n / (self.num_actors * self.ranges_per_actor)))
+        align = getattr(problem, "chunk", None)
+        align = align if isinstance(align, int) and align > 0 else 2
+        return math.ceil(size / align) * align
+
+    def __call__(self, problem, spec, members=None) -> torch.Tensor:
+        idx = member_index(members, spec.popsize)
+        if idx.numel() == 0:
+            return torch.empty(0)
+        self._use_problem(problem)
+        key, box = self._put_payload(spec)
+        blocks = self._blocks(idx, self._block_size(problem, idx.numel()))
+        problem_key = self._problem_key
+
+        def submit(actor, block):
+            return actor.evaluate, (problem_key, key, box, block)
+
+        parts = self._schedule(blocks, submit)
+        fitness = torch.tensor(np.concatenate(parts), dtype=torch.float32)
+        self.traffic["result_bytes"] += sum(p.nbytes for p in parts)
+        if fitness.shape != (idx.numel(),):
+            raise ValueError(f"problem returned {fitness.numel()} fitness values for {idx.numel()} members")
+        return fitness
+
+    def weighted_noise_sum(self, spec, weights, members=None) -> torch.Tensor:
+        """``sum_i w_i s_i eps_i`` over ``members`` of a Gaussian spec, reduced on the actors.
+
+        Call it after fitness is known (the weights are the shaped fitness of
+        the whole generation). Ranges of ``sum_chunk`` members are summed on
+        the driver in member order, so the result does not depend on which
+        actor ran what. With ``sum_chunk = 2 * noise_chunk`` it does the same
+        arithmetic as ``OpenAIES.gradient(spec, w) * N * sigma``; the two agree
+        to rounding (a BLAS product may round differently under another torch
+        thread count, and actors run with fewer threads than the driver).
+        """
+        if not hasattr(spec, "noise"):
+            raise TypeError(f"weighted_noise_sum needs a spec with keyed noise (GaussianSpec), got {type(spec).__name__}")
+        if not self._slots:
+            raise RuntimeError("weighted_noise_sum needs actors: evaluate the generation first")
+        idx = member_index(members, spec.popsize)
+        w = torch.as_tensor(weights, dtype=torch.float32).reshape(-1).cpu().numpy()
+        if w.shape != (idx.numel(),):
+            raise ValueError(f"weights must have one entry per member ({idx.numel()}), got shape {w.shape}")
+        key, box = self._put_payload(spec)
+        blocks = self._blocks(idx, self.sum_chunk)
+        offsets = np.cumsum([0] + [b[1] - b[0] if isinstance(b, tuple) else len(b) for b in blocks])
+        weight_of = {i: w[offsets[i]:offsets[i + 1]] for i in range(len(blocks))}
+        blocks = [(i, b) for i, b in enumerate(blocks)]
+
+        def submit(actor, item):
+            i, block = item
+            return actor.noise_sum, (key, box, block, weight_of[i])
+
+        parts = self._schedule(blocks, submit)
+        total = torch.zeros(spec.dim, dtype=torch.float32)
+        for part in parts:
+            total += torch.tensor(part)
+        self.traffic["result_bytes"] += sum(p.nbytes for p in parts)
+        return total
+
+    # -- the queue ----------------------------------------------------------------
+    def _schedule(self, blocks: list, submit) -> list:
+        """Run the ``(method, args)`` that ``submit(actor, block)`` names for every block on free actors; results in block order."""
+        queue = deque(range(len(blocks)))
+        results = [None] * len(blocks)
+        failures = [0] * len(blocks)
+        start_failures = 0
+        while queue or any(s.block_index is not None for s in self._slots):
+            for slot in self._slots:
+                if slot.ref is None and queue:
+                    i = queue.popleft()
+                    method, args = submit(slot.actor, blocks[i])
+                    slot.ref, slot.block_index, slot.since = method.remote(*args), i, time.monotonic()
+                    self.traffic["task_bytes"] += _serialized_bytes(args)
+                    self.traffic["tasks"] += 1
+            in_flight = {s.ref: s for s in self._slots if s.ref is not None}
+            ready, _ = ray.wait(list(in_flight), num_returns=1, timeout=self._next_deadline())
+            for ref in ready:
+                slot = in_flight[ref]
+                i, slot.ref, slot.block_index = slot.block_index, None, None
+                try:
+                    value = ray.get(ref)
+                except ACTOR_FAULTS as exc:
+                    if i is None:
+                        start_failures = self._start_failed(slot, start_failures, exc)
+                    else:
+                        self._block_failed(slot, i, blocks, failures, queue, f"its actor died ({type(exc).__name__})")
+                    continue
+                except Exception as exc:
+                    if i is None:
+                        raise RuntimeError(
+                            f"a Ray actor could not load the problem ({type(exc).__name__}: {exc}). Workers import "
+                            "the problem's class by module name: install that module, or call "
+                            "ray.cloudpickle.register_pickle_by_value(module) before evaluating") from exc
+                    raise  # the problem itself raised: deterministic, so re-running would not help
+                if i is not None:
+                    results[i] = value
+            self._reap_overdue(blocks, failures, queue)
+        return results
+
+    def _next_deadline(self):
+        deadlines = []
+        for slot in self._slots:
+            if slot.starting:
+                deadlines.append(slot.since + self.start_timeout_s)
+            elif slot.block_index is not None and self.timeout_s is not None:
+                deadlines.append(slot.since + self.timeout_s)
+        return max(0.01, min(deadlines) - time.monotonic()) if deadlines else None
+
+    def _reap_overdue(self, blocks, failures, queue) -> None:
+        now = time.monotonic()
+        for slot in list(self._slots):
+            if slot.starting and now - slot.since > self.start_timeout_s:
+                raise RuntimeError(f"a Ray actor did not start within start_timeout_s={self.start_timeout_s:g} s; "
+                                   f"the cluster may lack the resources {self.actor_options}")
+            if slot.block_index is not None and self.timeout_s is not None and now - slot.since > self.timeout_s:
+                i = slot.block_index
+                slot.ref, slot.block_index = None, None
+                self._block_failed(slot, i, blocks, failures, queue, f"it ran past timeout_s={self.timeout_s:g} s")
+
+    def _block_failed(self, slot, i, blocks, failures, queue, why: str) -> None:
+        failures[i] += 1
+        self.faults.append(f"members {self._describe(blocks[i])}: {why}")
+        self._replace(slot)
+        if failures[i] > self.max_retries:
+            raise RuntimeError(f"members {self._describe(blocks[i])} failed {failures[i]} times, the last because "
+                               f"{why}; giving up after max_retries={self.max_retries} (no generation was applied)")
+        queue.appendleft(i)
+
+    def _start_failed(self, slot, count: int, exc) -> int:
+        count += 1
+        if count > self.max_retries * max(1, self.num_actors):
+            raise RuntimeError(f"Ray actors keep dying while starting ({type(exc).__name__}: {exc})") from exc
+        self._replace(slot)
+        return count
+
+    @staticmethod
+    def _describe(block) -> str:
+        if isinstance(block, tuple) and len(block) == 2 and isinstance(block[1], (int, np.integer)):
+            return f"[{block[0]}, {block[1]})"
+        if isinstance(block, tuple):  # (index, block) from weighted_noise_sum
+            return RayEvaluator._describe(block[1])
+        return f"{list(block[:4])}..."
+
+    # -- lifecycle ----------------------------------------------------------------
+    def close(self) -> None:
+        """Kill the actors; shut Ray down only if this evaluator started it."""
+        for slot in self._slots:
+            try:
+                ray.kill(slot.actor, no_restart=True)
+            except Exception:
+                pass
+        self._slots, self._problem, self._problem_box, self._payload = [], None, None, None
+        if self.started_ray and ray.is_initialized():
+            ray.shutdown()
+        self.started_ray = False
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"RayEvaluator(num_actors={self.num_actors}, options={self.actor_options}, threads={self.threads})"
