@@ -84,7 +84,7 @@ def normal_torch(seed: int, tensor_id: int, generation: int, pairs: PairsLike, n
         # same words and uniforms, computed in registers (see philox_c)
         u = philox_c.philox_uniforms(torch.from_numpy(pair_arr), first, last - first, tensor_id, generation,
                                      seed & MASK32, seed >> 32)
-        u0, u1, u2, u3 = u.unbind(-1)
+        u0, u1, u2, u3 = u.unbind(0)
     else:
         u0, u1, u2, u3 = _uniforms_torch(seed, tensor_id, generation, pair_arr, first, last, device)
     r01 = torch.sqrt(-2.0 * torch.log(u0))

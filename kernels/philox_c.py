@@ -27,13 +27,15 @@ SOURCE = r"""
 #define BUMP0 0x9E3779B9u
 #define BUMP1 0xBB67AE85u
 
-/* out[p, b, 4] = uniforms of philox(counter = (first + b, tid, gen, pairs[p]), key = (k0, k1)) */
+/* out[w, p, b] = uniform of word w of philox(counter = (first + b, tid, gen, pairs[p]), key = (k0, k1));
+   planar (one contiguous plane per word) so the float math that follows runs on contiguous memory */
 void philox_uniforms(float *out, const int64_t *pairs, int64_t npairs, int64_t first, int64_t nblocks,
                      uint32_t tid, uint32_t gen, uint32_t k0_in, uint32_t k1_in) {
     const float scale = 1.0f / 16777216.0f;
     for (int64_t p = 0; p < npairs; ++p) {
         uint32_t pair = (uint32_t)pairs[p];
-        float *row = out + p * nblocks * 4;
+        const int64_t plane = npairs * nblocks;
+        float *row = out + p * nblocks;
         for (int64_t b = 0; b < nblocks; ++b) {
             uint32_t c0 = (uint32_t)(first + b), c1 = tid, c2 = gen, c3 = pair;
             uint32_t k0 = k0_in, k1 = k1_in;
@@ -49,11 +51,10 @@ void philox_uniforms(float *out, const int64_t *pairs, int64_t npairs, int64_t f
                 k0 += BUMP0;
                 k1 += BUMP1;
             }
-            float *o = row + b * 4;
-            o[0] = ((float)(c0 >> 8) + 0.5f) * scale;
-            o[1] = ((float)(c1 >> 8) + 0.5f) * scale;
-            o[2] = ((float)(c2 >> 8) + 0.5f) * scale;
-            o[3] = ((float)(c3 >> 8) + 0.5f) * scale;
+            row[b] = ((float)(c0 >> 8) + 0.5f) * scale;
+            row[plane + b] = ((float)(c1 >> 8) + 0.5f) * scale;
+            row[2 * plane + b] = ((float)(c2 >> 8) + 0.5f) * scale;
+            row[3 * plane + b] = ((float)(c3 >> 8) + 0.5f) * scale;
         }
     }
 }
@@ -110,9 +111,9 @@ def available() -> bool:
 
 def philox_uniforms(pairs: torch.Tensor, first: int, nblocks: int, tensor_id: int, generation: int,
                     k0: int, k1: int) -> torch.Tensor:
-    """Uniforms ``[len(pairs), nblocks, 4]`` (float32, CPU) of blocks ``first .. first+nblocks``."""
+    """Uniforms ``[4, len(pairs), nblocks]`` (float32, CPU; word-major) of blocks ``first .. first+nblocks``."""
     pairs = pairs.to(device="cpu", dtype=torch.int64).contiguous()
-    out = torch.empty(pairs.numel(), nblocks, 4, dtype=torch.float32)
+    out = torch.empty(4, pairs.numel(), nblocks, dtype=torch.float32)
     if out.numel():
         _lib.philox_uniforms(out.data_ptr(), pairs.data_ptr(), pairs.numel(), first, nblocks,
                              tensor_id, generation, k0, k1)

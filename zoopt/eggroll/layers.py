@@ -28,10 +28,39 @@ def _member_major(out: torch.Tensor, pop: Population, lead) -> torch.Tensor:
     return out.reshape(pop.n * lead[0], *lead[1:], out.shape[-1]) if len(lead) else out.reshape(pop.n, out.shape[-1])
 
 
-def _add_member_bias(out3: torch.Tensor, pop: Population, bias, bias_id: int) -> None:
-    """In place on ``out3 [N, rows, m]``: add each member's ``b + s sigma eps``."""
-    delta = pop.vector_noise(bias_id, tuple(bias.shape), dtype=out3.dtype)
-    out3.add_((bias.unsqueeze(0) + delta).unsqueeze(1))
+def _correction_terms(pop: Population, lhs_rows: torch.Tensor, weight, bias, weight_id, bias_id, weight_mode,
+                      member_bias: bool, rows: int, dtype):
+    """Operands ``(L [G, g*rows, k], R [G, m, k])`` of the members' correction ``L @ R^T``, or None.
+
+    Rank ``r`` columns carry ``s sigma/sqrt(r) (x B) A^T``; a member's bias noise
+    ``s sigma eps`` rides along as one more column (``s sigma`` times ``eps``), so the
+    output is touched by a single batched product.
+    """
+    G, g = pop.groups, pop.group
+    m, n = weight.shape
+    left, right = [], []
+    if weight_mode == "lowrank":
+        A, B = pop.factors(weight_id, m, n, dtype=dtype)
+        r = A.shape[-1]
+        if lhs_rows.dim() == 2:   # shared rows [R, n]: x B for every member in one GEMM
+            R = lhs_rows.shape[0]
+            xB = (lhs_rows @ B.permute(1, 0, 2).reshape(n, G * r)).view(R, G, r).permute(1, 0, 2)
+            xB = (xB.unsqueeze(1) * pop.lowrank_scale[:, :, None, None].to(dtype)).reshape(G, g * R, r)
+        else:                      # member-major rows [G, g*rows, n]
+            xB = torch.bmm(lhs_rows, B)
+            xB.view(G, g, rows, r).mul_(pop.lowrank_scale[:, :, None, None].to(dtype))
+        left.append(xB)
+        right.append(A)
+    if member_bias:
+        eps = pop.pair_noise(bias_id, m, dtype=dtype)                                   # [G, m]
+        col = pop.vector_scale.to(dtype)[:, :, None, None].expand(G, g, rows, 1).reshape(G, g * rows, 1)
+        left.append(col)
+        right.append(eps.unsqueeze(-1))
+    if not left:
+        return None
+    if len(left) == 1:
+        return left[0], right[0]
+    return torch.cat(left, -1), torch.cat(right, -1)
 
 
 def population_linear(pop: Population, x: torch.Tensor, weight: torch.Tensor, bias, *, weight_id: int,
@@ -42,39 +71,27 @@ def population_linear(pop: Population, x: torch.Tensor, weight: torch.Tensor, bi
     if shared is None:
         shared = pop.is_shared(x)
     member_bias = bias is not None and bias_mode == "full"
-    center_bias = None if member_bias else bias
     G, g = pop.groups, pop.group
     if shared:
         lead = tuple(x.shape[:-1])
         x2 = x.reshape(-1, n)
         R = x2.shape[0]
-        base = F.linear(x2, weight, center_bias)                      # [R, m], once for all members
-        if weight_mode == "lowrank":
-            A, B = pop.factors(weight_id, m, n, dtype=x2.dtype)
-            r = A.shape[-1]
-            xB = (x2 @ B.permute(1, 0, 2).reshape(n, G * r)).view(R, G, r).permute(1, 0, 2)  # one GEMM
-            xB = xB.unsqueeze(1) * pop.lowrank_scale[:, :, None, None].to(x2.dtype)          # [G, g, R, r]
-            out = torch.baddbmm(base.repeat(g, 1) if g > 1 else base, xB.reshape(G, g * R, r), A.transpose(1, 2))
+        base = F.linear(x2, weight, bias)                              # [R, m], once for all members
+        terms = _correction_terms(pop, x2, weight, bias, weight_id, bias_id, weight_mode, member_bias, R, x2.dtype)
+        if terms is None:
+            out = base.unsqueeze(0).expand(pop.n, R, m)
         else:
-            out = base.unsqueeze(0).expand(pop.n, R, m).contiguous()
-        out = out.view(pop.n, R, m)
-        if member_bias:
-            _add_member_bias(out, pop, bias, bias_id)
-        return _member_major(out, pop, lead)
+            out = torch.baddbmm(base.repeat(g, 1) if g > 1 else base, terms[0], terms[1].transpose(1, 2))
+        return _member_major(out.reshape(pop.n, R, m), pop, lead)
     if x.dim() < 2:
         raise ValueError(f"input must be member-major [N*T, ..., {n}], got shape {tuple(x.shape)}")
     pop.rows_per_member(x, "input")
     rows = x.numel() // (pop.n * n)
     x3 = x.reshape(G, g * rows, n)
-    out = F.linear(x3, weight, center_bias)                           # one GEMM over every row
-    if weight_mode == "lowrank":
-        A, B = pop.factors(weight_id, m, n, dtype=x3.dtype)
-        r = A.shape[-1]
-        xB = torch.bmm(x3, B)                                          # [G, g*rows, r]
-        xB.view(G, g, rows, r).mul_(pop.lowrank_scale[:, :, None, None].to(x3.dtype))
-        out.baddbmm_(xB, A.transpose(1, 2))
-    if member_bias:
-        _add_member_bias(out.view(pop.n, rows, m), pop, bias, bias_id)
+    out = F.linear(x3, weight, bias)                                   # one GEMM over every row
+    terms = _correction_terms(pop, x3, weight, bias, weight_id, bias_id, weight_mode, member_bias, rows, x3.dtype)
+    if terms is not None:
+        out.baddbmm_(terms[0], terms[1].transpose(1, 2))
     pop.expanded = True
     return out.reshape(*x.shape[:-1], m)
 

@@ -84,12 +84,19 @@ class Population:
                                                self.rank, device=self.device, dtype=dtype)
         return self._cache[key]
 
+    def pair_noise(self, tensor_id: int, numel: int, dtype=torch.float32) -> torch.Tensor:
+        """Unit full-rank noise ``[G, numel]`` of this slice's groups (no sign, no sigma)."""
+        key = ("p", tensor_id)
+        if key not in self._cache:
+            self._cache[key] = full_noise(self.seed, tensor_id, self.epoch, self.group_pairs, numel,
+                                          device=self.device, dtype=dtype)
+        return self._cache[key]
+
     def vector_noise(self, tensor_id: int, shape, dtype=torch.float32) -> torch.Tensor:
         """Per-member perturbation ``s * sigma * eps`` of a vector parameter, ``[N, *shape]``."""
         key = ("v", tensor_id)
         if key not in self._cache:
-            eps = full_noise(self.seed, tensor_id, self.epoch, self.group_pairs, math.prod(shape),
-                             device=self.device, dtype=dtype)
+            eps = self.pair_noise(tensor_id, math.prod(shape), dtype)
             delta = eps[:, None, :] * self.vector_scale[:, :, None].to(dtype)
             self._cache[key] = delta.reshape(self.n, *shape)
         return self._cache[key]
