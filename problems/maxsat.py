@@ -33,6 +33,8 @@ from typing import Iterable, Optional, Sequence
 import numpy as np
 import torch
 
+from zoopt.problems.base import Problem
+
 DEFAULT_RATIO = 4.27  # clauses per variable of the random 3-SAT instances (the satisfiability threshold)
 
 
@@ -544,6 +546,33 @@ def parse_solution(text: str, n_vars: int) -> torch.Tensor:
     return assign
 
 
+# -- the engine's Problem view (for population strategies) -----------------------------------
+
+class MaxSATProblem(Problem):
+    """``Problem`` adapter: a candidate is one real value per variable; its hard assignment is
+    ``x > 0`` (``encoding="sign"``) or ``round(sigmoid(x))``; fitness = cost divided by the total
+    cost weight (the unsatisfied fraction for plain instances), lower is better. Used to run
+    OpenAI-ES / CMA-ES on MAX-SAT through ``evaluate(spec, members)``."""
+
+    def __init__(self, instance: MaxSATInstance, encoding: str = "sign", chunk: int = 8):
+        if encoding not in ("sign", "sigmoid"):
+            raise ValueError(f"encoding must be 'sign' or 'sigmoid', got {encoding!r}")
+        self.instance, self.encoding, self.chunk = instance, encoding, int(chunk)
+        self.dim = instance.n_vars
+        w = instance.cost_weights()
+        self.total = float(instance.n_clauses if w is None else w.sum()) or 1.0
+
+    def hard(self, x: torch.Tensor) -> torch.Tensor:
+        return x > 0 if self.encoding == "sign" else torch.round(torch.sigmoid(x)) > 0.5
+
+    def evaluate(self, spec, members=None) -> torch.Tensor:
+        pts = spec.points(members)
+        return (self.instance.cost_batch(self.hard(pts), chunk=self.chunk) / self.total).to(torch.float32)
+
+    def initial_point(self) -> torch.Tensor:
+        return torch.zeros(self.dim)
+
+
 # -- delta evaluation ------------------------------------------------------------------------
 
 class VarClauseIndex:
@@ -755,5 +784,5 @@ class BlockDelta:
         return diff if w is None else diff * w[self.group_clause][:, None]
 
 
-__all__ = ["MaxSATInstance", "random_ksat", "read_dimacs", "write_dimacs", "format_solution", "write_solution",
+__all__ = ["MaxSATInstance", "MaxSATProblem", "random_ksat", "read_dimacs", "write_dimacs", "format_solution", "write_solution",
            "parse_solution", "VarClauseIndex", "BlockDelta", "DEFAULT_RATIO"]

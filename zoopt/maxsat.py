@@ -123,6 +123,7 @@ class PolyStepMaxSAT:
         if isinstance(cost_scale, str):
             if cost_scale not in COST_SCALES:
                 raise ValueError(f"cost_scale must be one of {COST_SCALES} or a number > 0, got {cost_scale!r}")
+            # "fraction": divide by the total cost weight (hard clauses at top), = m when unweighted
             w = instance.cost_weights()
             total = float(instance.n_clauses if w is None else w.sum())
             self.cost_divisor = max(total, 1.0) if cost_scale == "fraction" else 1.0
@@ -250,7 +251,7 @@ class PolyStepMaxSAT:
             if bar is not None:
                 bar.update(1)
                 if stats["cost"] is not None:
-                    bar.set_postfix(best=f"{self.best_cost:g}", cost=f"{stats['cost']:g}")
+                    bar.set_postfix(best=f"{self.best_cost:g}", cost=f"{stats['cost']:g}", refresh=False)
         assign = self.assignment()  # the final state
         self._track(assign, self.instance.cost(assign))
         if bar is not None:
