@@ -41,6 +41,7 @@ class EnsembleSchedule:
         self.n_groups = len(curve.max_lr)
         self.spread = float(spread)
         self.rho = spread_multipliers(n_replicas, spread)
+        self._rho_list = self.rho.tolist()
         self.sync_every = sync_every
         self.auto_lr = bool(auto_lr)
         self.auto_lr_start = min(auto_lr_start, total)
@@ -95,6 +96,18 @@ class EnsembleSchedule:
         if not self.spread_on:
             return torch.ones(self.n, self.n_groups, dtype=torch.float64)
         return self.rho[self.perms].T.contiguous()
+
+    def lrs_for(self, replica: int) -> list[float]:
+        """LR per group of one replica at the current step (the per-step fast path)."""
+        if self.controller_active() and self.schedule_after_start == "controller":
+            base = self.base_lr().tolist()
+        else:
+            scale = self.scale.tolist()
+            base = [k * v for k, v in zip(scale, self.curve.lr(self.t))]
+        if not self.spread_on:
+            return base
+        rho = self._rho_list
+        return [b * rho[p] for b, p in zip(base, self.perms[:, replica].tolist())]
 
     def lrs(self) -> torch.Tensor:
         """``[N, G]`` LR of every replica and group at the current step (float64)."""

@@ -116,7 +116,7 @@ class HDETOneCycleLR(LRScheduler):
         return v if total is None else total + v
 
     def _apply(self):
-        lrs = self.ensemble.lrs()[self.rank]
+        lrs = self.ensemble.lrs_for(self.rank)
         momenta = self.ensemble.momentum() if self.cycle_momentum else None
         for g, group in enumerate(self.optimizer.param_groups):
             group["lr"] = float(lrs[g])
@@ -130,7 +130,7 @@ class HDETOneCycleLR(LRScheduler):
 
     def get_lr(self):
         """LR of every group for this rank at the current step."""
-        return [float(v) for v in self.ensemble.lrs()[self.rank]]
+        return self.ensemble.lrs_for(self.rank)
 
     def _window_mean(self, total, count, device):
         if count == 0:
@@ -157,7 +157,7 @@ class HDETOneCycleLR(LRScheduler):
             self._heldout_sum = self._accumulate(self._heldout_sum, heldout_loss)
             self._heldout_count += 1
         ens = self.ensemble
-        lrs_used = ens.lrs()
+        lrs_used = ens.lrs() if (ens.t + 1) % ens.sync_every == 0 else None     # only a sync reads them
         self._step_count += 1
         if ens.advance():
             self._sync(lrs_used)
