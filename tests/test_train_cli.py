@@ -1,0 +1,113 @@
+"""``zoopt train`` and its training loop on tiny runs (digits data)."""
+import json
+import os
+
+import pytest
+import torch
+
+from zoopt.cli import main as cli
+from zoopt.commands.train import (PAPER_CONFIGS, Stepper, fit, make_stepper, polystep_class, polystep_config)
+from zoopt.problems.zoo import make_model, zoo_data
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return zoo_data("digits")
+
+
+def test_cli_tiny_adam_run_writes_metrics_checkpoint_and_plot(tmp_path, digits):
+    out = str(tmp_path / "run")
+    assert cli(["train", "--model", "staircase", "--method", "adam", "--data", "digits", "--epochs", "2",
+                "--batch-size", "256", "--out", out, "--quiet", "--lr", "0.01"]) == 0
+    records = [json.loads(line) for line in open(os.path.join(out, "metrics.jsonl"))]
+    steps_per_epoch = len(digits["x_train"]) // 256
+    assert [r["epoch"] for r in records] == [1, 2]
+    assert [r["step"] for r in records] == [steps_per_epoch, 2 * steps_per_epoch]
+    assert records[-1]["forward_passes"] == 2 * steps_per_epoch
+    for r in records:
+        assert 0.0 <= r["val_acc"] <= 1.0 and 0.0 <= r["twin_test_acc"] <= 1.0
+    assert records[-1]["twin_val_acc"] > 0.2  # twice chance: the smooth twin learns in 8 Adam steps
+    summary = json.load(open(os.path.join(out, "summary.json")))
+    best = max(records, key=lambda r: r["val_acc"])
+    assert summary["best_val_acc"] == best["val_acc"] and summary["best_test_acc"] == best["test_acc"]
+    assert os.path.getsize(os.path.join(out, "metrics.png")) > 0
+    # the checkpoint restores the scored model exactly
+    state = torch.load(os.path.join(out, "checkpoint.pt"), weights_only=False)
+    model = make_model("staircase", in_features=64)
+    model.load_state_dict(state["model"])
+    acc = float((model(digits["x_test"]).argmax(-1) == digits["y_test"]).float().mean())
+    assert acc == pytest.approx(records[-1]["test_acc"])
+    assert state["method"] == "adam" and "state" in state["optimizer"]
+
+
+@pytest.mark.skipif(polystep_class() is None, reason="zoopt.PolyStep not in this checkout yet")
+def test_cli_tiny_polystep_run_counts_forward_passes(tmp_path, digits):
+    out = str(tmp_path / "ps")
+    assert cli(["train", "--model", "mlp", "--method", "polystep", "--data", "digits", "--epochs", "1",
+                "--batch-size", "512", "--rank", "1", "--out", out, "--quiet"]) == 0
+    rec = json.loads(open(os.path.join(out, "metrics.jsonl")).readline())
+    assert rec["step"] == len(digits["x_train"]) // 512
+    assert rec["forward_passes"] > 0 and os.path.exists(os.path.join(out, "checkpoint.pt"))
+
+
+@pytest.mark.parametrize("method,popsize", [("openai_es", 50), ("sep_cma_es", 16), ("spsa", 2)])
+def test_es_steppers_move_the_model_and_count_forward_passes(method, popsize, digits):
+    model = make_model("mlp", in_features=64, seed=1)
+    before = [p.detach().clone() for p in model.parameters()]
+    stepper = make_stepper(method, model, model_name="mlp", total_steps=10, seed=0)
+    x, y = digits["x_train"][:64], digits["y_train"][:64]
+    loss = stepper.step(x, y)
+    assert loss == loss and stepper.forward_passes == popsize
+    assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
+    stepper.step(x, y)
+    assert stepper.forward_passes == 2 * popsize
+
+
+def test_paper_configs_and_argument_errors():
+    assert set(PAPER_CONFIGS) == {"snn", "int8", "argmax", "staircase", "moe", "mlp"}
+    snn = polystep_config("snn")
+    assert (snn["rank"], snn["epsilon"], snn["step_radius"], snn["probe_radius"]) == (4, 0.5, 2.0, 1.0)
+    assert snn["biased_rotation"] and snn["absorb_interval"] == 20 and snn["polytope"] == "orthoplex"
+    assert polystep_config("int8")["momentum"] == (0.3, 0.5) and polystep_config("mlp")["amortize"] == 3
+    assert polystep_config("snn", rank=2, polytope=None)["rank"] == 2
+    with pytest.raises(ValueError, match="model must be one of"):
+        polystep_config("vgg")
+    with pytest.raises(ValueError, match="method must be one of"):
+        make_stepper("sgd", make_model("mlp"), model_name="mlp", total_steps=1)
+    with pytest.raises(SystemExit):
+        cli(["train", "--model", "mlp", "--method", "nope"])
+
+
+class _Scripted(torch.nn.Module):
+    """Predicts the right label on validation rows (x == 0) at epoch 1 and on test rows (x == 1) at epoch 2."""
+
+    def __init__(self):
+        super().__init__()
+        self.epoch = 0
+        self.w = torch.nn.Parameter(torch.zeros(1))
+
+    def forward(self, x):
+        right = (x[:, 0] == 0) if self.epoch == 1 else (x[:, 0] == 1)
+        labels = torch.where(right, x[:, 1].long(), (x[:, 1].long() + 1) % 3)
+        return torch.nn.functional.one_hot(labels, 3).float()
+
+
+class _ScriptedStepper(Stepper):
+    name = "scripted"
+
+    def step(self, x, y):
+        self.forward_passes += 1
+        self.model.epoch = 1 + (self.forward_passes - 1) // 2
+        return 0.0
+
+
+def test_best_epoch_is_selected_on_validation_not_test():
+    y = torch.tensor([0, 1, 2, 1])
+    data = {"x_train": torch.zeros(4, 2), "y_train": y,
+            "x_val": torch.stack([torch.zeros(4), y.float()], 1), "y_val": y,
+            "x_test": torch.stack([torch.ones(4), y.float()], 1), "y_test": y}
+    summary = fit(_ScriptedStepper(_Scripted()), data, epochs=2, batch_size=2)
+    assert summary["best_epoch"] == 1 and summary["best_val_acc"] == 1.0
+    assert summary["best_test_acc"] == 0.0 and summary["last_test_acc"] == 1.0
+    with pytest.raises(ValueError, match="epochs"):
+        fit(_ScriptedStepper(_Scripted()), data, epochs=0, batch_size=2)
