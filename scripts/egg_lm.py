@@ -1,0 +1,181 @@
+"""Pretrain the int8 EGG language model with integer EGGROLL on bytes that ship with Python,
+and compare bits/byte with a float Transformer of similar size trained by backprop (Adam)
+on the same bytes. No downloads: the corpus is the standard library's own .py files.
+
+CPU default: D=64, L=2 (~132k int8 parameters), N=256, 300 generations (~5 min on one core). ``--full``: the paper's
+D=256, L=6 EGG with a large population (GPU).
+
+Writes runs/egg_lm/results.json and results.png.
+"""
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import math
+import os
+import sys
+import time
+
+import torch
+from torch import nn
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+
+from zoopt.eggroll.integer import EggConfig, EggLM, IntegerEGGROLL, bits_per_byte, param_count  # noqa: E402
+
+
+def stdlib_bytes(limit: int, val_fraction: float = 0.1):
+    """The stdlib's .py files as bytes, each document preceded by a 0 byte; split by file."""
+    root = os.path.dirname(os.__file__)
+    files = sorted(glob.glob(os.path.join(root, "*.py")) + glob.glob(os.path.join(root, "*", "*.py")))
+    files = [f for f in files if "site-packages" not in f and "test" not in os.path.basename(os.path.dirname(f))]
+    docs, total = [], 0
+    for path in files:
+        with open(path, "rb") as fh:
+            data = b"\0" + fh.read()
+        docs.append(data)
+        total += len(data)
+        if total >= limit:
+            break
+    n_val = max(1, int(len(docs) * val_fraction))
+    train = torch.frombuffer(bytearray(b"".join(docs[:-n_val])), dtype=torch.uint8).to(torch.int64)
+    val = torch.frombuffer(bytearray(b"".join(docs[-n_val:])), dtype=torch.uint8).to(torch.int64)
+    return train, val, len(docs)
+
+
+def windows(data: torch.Tensor, count: int, length: int, generator: torch.Generator):
+    """``count`` random windows of ``length + 1`` bytes -> (inputs, targets) ``[count, length]``."""
+    starts = torch.randint(0, data.numel() - length - 1, (count,), generator=generator)
+    rows = data[starts[:, None] + torch.arange(length + 1)]
+    return rows[:, :-1], rows[:, 1:]
+
+
+class TinyTransformer(nn.Module):
+    """A pre-LN decoder: learned positions, causal attention, GELU MLP, untied head."""
+
+    def __init__(self, dim: int, layers: int, heads: int, context: int, vocab: int = 256):
+        super().__init__()
+        self.emb = nn.Embedding(vocab, dim)
+        self.pos = nn.Parameter(torch.zeros(context, dim))
+        layer = nn.TransformerEncoderLayer(dim, heads, 4 * dim, dropout=0.0, activation="gelu",
+                                           batch_first=True, norm_first=True)
+        self.blocks = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
+        self.norm = nn.LayerNorm(dim)
+        self.head = nn.Linear(dim, vocab)
+        nn.init.normal_(self.pos, std=0.02)
+
+    def forward(self, x):
+        T = x.shape[1]
+        mask = nn.Transformer.generate_square_subsequent_mask(T)
+        h = self.blocks(self.emb(x) + self.pos[:T], mask=mask, is_causal=True)
+        return self.head(self.norm(h))
+
+
+def float_bits_per_byte(model, inputs, targets, chunk=64):
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for s in range(0, inputs.shape[0], chunk):
+            logits = model(inputs[s:s + chunk])
+            total += float(nn.functional.cross_entropy(logits.reshape(-1, 256), targets[s:s + chunk].reshape(-1),
+                                                       reduction="sum"))
+            count += targets[s:s + chunk].numel()
+    return total / count / math.log(2)
+
+
+def train_egg(args, train, val_x, val_y):
+    cfg = EggConfig(dim=args.dim, layers=args.layers, sigma_shift=args.sigma_shift, alpha=args.alpha)
+    model = EggLM(cfg, seed=args.seed)
+    es = IntegerEGGROLL(model, popsize=args.popsize, seed=args.seed, group_size=args.group_size)
+    gen = torch.Generator().manual_seed(args.seed)
+    curve = [(0, bits_per_byte(model, val_x, val_y))]
+    print(f"[egg] {param_count(cfg)} int8 params, N={args.popsize}, group {args.group_size}: "
+          f"start {curve[0][1]:.3f} bits/byte", flush=True)
+    t0 = time.perf_counter()
+    for step in range(1, args.steps + 1):
+        x, y = windows(train, args.popsize // args.group_size, args.tokens, gen)
+        stats = es.tell(es.fitness(x, y))
+        if step % args.eval_every == 0 or step == args.steps:
+            curve.append((step, bits_per_byte(model, val_x, val_y)))
+            print(f"[egg] step {step}: val {curve[-1][1]:.3f} bits/byte, moved {stats['moved_fraction']:.4f}, "
+                  f"{time.perf_counter() - t0:.0f}s", flush=True)
+    return {"params": param_count(cfg), "curve": curve, "final_bits_per_byte": curve[-1][1],
+            "seconds": time.perf_counter() - t0, "member_tokens": args.steps * args.popsize * args.tokens}
+
+
+def train_float(args, train, val_x, val_y):
+    torch.manual_seed(args.seed)
+    model = TinyTransformer(args.dim, args.layers, args.heads, args.tokens)
+    n_params = sum(p.numel() for p in model.parameters())
+    opt = torch.optim.Adam(model.parameters(), lr=args.float_lr)
+    gen = torch.Generator().manual_seed(args.seed + 1)
+    curve = [(0, float_bits_per_byte(model, val_x, val_y))]
+    t0 = time.perf_counter()
+    for step in range(1, args.float_steps + 1):
+        x, y = windows(train, args.float_batch, args.tokens, gen)
+        loss = nn.functional.cross_entropy(model(x).reshape(-1, 256), y.reshape(-1))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        if step % max(1, args.float_steps // 10) == 0:
+            curve.append((step, float_bits_per_byte(model, val_x, val_y)))
+    print(f"[float] {n_params} float params, {args.float_steps} Adam steps: val {curve[-1][1]:.3f} bits/byte "
+          f"({time.perf_counter() - t0:.0f}s)", flush=True)
+    return {"params": n_params, "curve": curve, "final_bits_per_byte": curve[-1][1],
+            "seconds": time.perf_counter() - t0, "tokens": args.float_steps * args.float_batch * args.tokens}
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--full", action="store_true")
+    p.add_argument("--steps", type=int)
+    p.add_argument("--popsize", type=int)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default="runs/egg_lm")
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    if args.full:
+        defaults = dict(dim=256, layers=6, heads=8, tokens=100, popsize=4096, group_size=256, steps=2000,
+                        bytes=20_000_000, float_steps=5000, float_batch=64, val_windows=256)
+    else:
+        defaults = dict(dim=64, layers=2, heads=4, tokens=32, popsize=256, group_size=16, steps=300,
+                        bytes=3_000_000, float_steps=400, float_batch=32, val_windows=64)
+    for k, v in defaults.items():
+        if getattr(args, k, None) is None:
+            setattr(args, k, v)
+    args.sigma_shift, args.alpha, args.eval_every, args.float_lr = 4, 4.0, max(1, args.steps // 10), 3e-3
+    train, val, n_docs = stdlib_bytes(args.bytes)
+    vx, vy = windows(val, args.val_windows, args.tokens, torch.Generator().manual_seed(1234))
+    print(f"corpus: {n_docs} stdlib files, {train.numel()} train / {val.numel()} val bytes", flush=True)
+    results = {"config": {k: getattr(args, k) for k in defaults}, "corpus_files": n_docs,
+               "train_bytes": train.numel(), "val_bytes": val.numel()}
+    results["float_transformer"] = train_float(args, train, vx, vy)
+    results["egg_int8"] = train_egg(args, train, vx, vy)
+    results["ratio_bits_egg_over_float"] = (results["egg_int8"]["final_bits_per_byte"]
+                                            / results["float_transformer"]["final_bits_per_byte"])
+    os.makedirs(args.out, exist_ok=True)
+    with open(os.path.join(args.out, "results.json"), "w") as fh:
+        json.dump(results, fh, indent=1)
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for key, label in (("egg_int8", "int8 EGG + integer EGGROLL"), ("float_transformer", "float Transformer + Adam")):
+            c = results[key]["curve"]
+            frac = [s / max(1, c[-1][0]) for s, _ in c]
+            ax.plot(frac, [b for _, b in c], marker="o", label=label)
+        ax.set(xlabel="fraction of training", ylabel="val bits/byte", title="stdlib bytes")
+        ax.legend()
+        fig.tight_layout()
+        fig.savefig(os.path.join(args.out, "results.png"), dpi=120)
+    except ImportError:
+        pass
+    print(f"EGG {results['egg_int8']['final_bits_per_byte']:.3f} vs float "
+          f"{results['float_transformer']['final_bits_per_byte']:.3f} bits/byte; wrote {args.out}/results.json")
+
+
+if __name__ == "__main__":
+    main()
