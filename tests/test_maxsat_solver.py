@@ -24,7 +24,7 @@ def one_thread():
 def test_reference_constants_are_the_effective_ones():
     small = reference_constants(100_000)
     assert small == {"cost_scale": "fraction", "epsilon": 5.0, "step_radius": 3000.0, "probe_radius": 100.0,
-                     "steps": 1000}
+                     "steps": 3000}
     r = reference_constants(10_000)
     assert r["step_radius"] == pytest.approx(3000 * math.sqrt(0.1)) and r["probe_radius"] == pytest.approx(100 * math.sqrt(0.1))
     assert reference_constants(1_000_000) == {"cost_scale": "count", "epsilon": 5.0, "step_radius": 5000.0,
@@ -89,6 +89,20 @@ def test_polystep_respects_hard_clauses():
     res = PolyStepMaxSAT(inst, seed=0).run(300)
     assert res.report["hard_violated"] == 0
     assert res.report["satisfied_fraction"] > 0.93
+
+
+def test_cosine_anneal_to_final_values():
+    inst = random_ksat(40, seed=0)
+    s = PolyStepMaxSAT(inst, seed=0, epsilon=5.0, final={"epsilon": 0.5})
+    s.total_steps = 100
+    assert s.scheduled("epsilon") == pytest.approx(5.0)
+    s.it = 50
+    assert s.scheduled("epsilon") == pytest.approx(2.75)
+    s.it = 100
+    assert s.scheduled("epsilon") == pytest.approx(0.5)
+    assert s.scheduled("step_radius") == s.step_radius       # not annealed
+    with pytest.raises(ValueError, match="final"):
+        PolyStepMaxSAT(inst, final={"sigma": 1.0})
 
 
 def test_solver_rejects_bad_arguments():

@@ -26,13 +26,20 @@ cost              unsatisfied *fraction*          unsatisfied *count*
 eps               5                               5
 step radius α     3000·sqrt(n / 1e5)              5000
 probe radius ρ    100·sqrt(n / 1e5) (probe ρ/2)   500
-steps             1000                            500
+steps             3000 (reference: 1000)          500
 ================  ==============================  ============================
 
 and for both: amortize 3 (EMA 0.7), momentum 0.5 → 0.95 reached after 49
 steps (the reference's ``max_iterations=50`` default), init ``randn·0.1``,
 orthoplex, one probe per vertex at half the probe radius. Rotations are drawn
 fresh every evaluating step from a generator keyed by ``(seed, step)``.
+
+The default budget below 1M variables is 3000 steps instead of the
+reference's 1000: at 100,000 variables 1000 steps give 97.92% here (the
+reference reports 97.99%) and the curve is still rising; 3000 steps pass 98%.
+``final={"epsilon": 0.5, ...}`` anneals any of the three constants by a
+cosine over the run — the reference's *nominal* (intended) schedule is
+``final={"epsilon": 0.5, "step_radius": alpha / 5, "probe_radius": rho / 5}``.
 """
 from __future__ import annotations
 
@@ -58,7 +65,7 @@ def reference_constants(n_vars: int) -> dict:
         return {"cost_scale": "count", "epsilon": 5.0, "step_radius": 5000.0, "probe_radius": 500.0, "steps": 500}
     s = math.sqrt(n_vars / 100_000)
     return {"cost_scale": "fraction", "epsilon": 5.0, "step_radius": 3000.0 * s, "probe_radius": 100.0 * s,
-            "steps": 1000}
+            "steps": 3000}
 
 
 def hard_assignment(x: torch.Tensor, encoding: str = "sign") -> torch.Tensor:
@@ -106,7 +113,7 @@ class PolyStepMaxSAT:
                  amortize: int = 3, amortize_ema: float = 0.7, momentum: bool = True,
                  momentum_init: float = 0.5, momentum_final: float = 0.95, momentum_warmup: int = 49,
                  encoding: str = "sign", init_scale: float = 0.1, x0: Optional[torch.Tensor] = None,
-                 track_every: int = 1):
+                 track_every: int = 1, final: Optional[dict] = None):
         if not isinstance(instance, MaxSATInstance):
             raise TypeError(f"instance must be a MaxSATInstance, got {type(instance).__name__}")
         if instance.n_vars < 1:
@@ -119,6 +126,13 @@ class PolyStepMaxSAT:
         self.step_radius = _positive("step_radius", ref["step_radius"] if step_radius is None else step_radius)
         self.probe_radius = _positive("probe_radius", ref["probe_radius"] if probe_radius is None else probe_radius)
         self.default_steps = ref["steps"] if steps is None else int(steps)
+        # optional cosine anneal to `final` values over the run (the reference's *nominal* schedule)
+        self.final = {}
+        for key, value in (final or {}).items():
+            if key not in ("epsilon", "step_radius", "probe_radius"):
+                raise ValueError(f"final keys must be epsilon, step_radius or probe_radius, got {key!r}")
+            self.final[key] = _positive(f"final[{key!r}]", value)
+        self.total_steps = self.default_steps
         cost_scale = ref["cost_scale"] if cost_scale is None else cost_scale
         if isinstance(cost_scale, str):
             if cost_scale not in COST_SCALES:
@@ -175,6 +189,16 @@ class PolyStepMaxSAT:
         """The current hard assignment (bool ``[n]``)."""
         return hard_assignment(self.x.reshape(-1)[:self.instance.n_vars], self.encoding)
 
+    def scheduled(self, name: str) -> float:
+        """``epsilon`` / ``step_radius`` / ``probe_radius`` at the current step: constant, or a cosine
+        from the initial to the ``final`` value over ``total_steps``."""
+        start = getattr(self, name)
+        if name not in self.final:
+            return start
+        frac = min(self.it, self.total_steps) / max(1, self.total_steps)
+        end = self.final[name]
+        return end + 0.5 * (start - end) * (1.0 + math.cos(math.pi * frac))
+
     def momentum_beta(self) -> float:
         frac = min(1.0, self.it / self.momentum_warmup)
         return self.momentum_init + frac * (self.momentum_final - self.momentum_init)
@@ -190,14 +214,14 @@ class PolyStepMaxSAT:
         """Probe, weigh and move every particle; returns the OT displacement ``[P, d]``."""
         P, d = self.x.shape
         rot = haar_rotations(P, d, generator=step_generator(self.seed, self.it), dtype=torch.float64)
-        probes = self.x[:, None, :] + probe_offsets(self.template, rot, self.probe_radius, 1)[:, :, 0, :]
+        probes = self.x[:, None, :] + probe_offsets(self.template, rot, self.scheduled("probe_radius"), 1)[:, :, 0, :]
         values = hard_assignment(probes, self.encoding)                    # [P, V, d]
         values = values.permute(0, 2, 1).reshape(P * d, -1)               # [n_pad, V]
         deltas = self.delta.deltas(assign, counts, values, scores)         # [P, V], relative to `cost`
         self.evaluations += deltas.numel()
         # the softmax is shift-invariant per row, so C - cost gives the same plan as C
-        weights = softmax_plan(deltas / self.cost_divisor, self.epsilon)
-        return barycentric_step(weights, self.template, rot, self.step_radius)
+        weights = softmax_plan(deltas / self.cost_divisor, self.scheduled("epsilon"))
+        return barycentric_step(weights, self.template, rot, self.scheduled("step_radius"))
 
     def step(self) -> dict:
         """One step; returns ``{"step", "cost", "evaluating", "best"}`` (cost of the state it started from)."""
@@ -235,6 +259,7 @@ class PolyStepMaxSAT:
         steps = self.default_steps if steps is None else int(steps)
         if steps < 0:
             raise ValueError(f"steps must be >= 0, got {steps}")
+        self.total_steps = self.it + steps
         bar = None
         if progress:
             from tqdm.auto import tqdm

@@ -35,7 +35,7 @@ def register(sub) -> None:
                    help="seed of the random instance (default: --seed)")
     p.add_argument("--seed", type=int, default=0, help="optimizer seed (default 0)")
     p.add_argument("--steps", type=int, default=None,
-                   help="PolyStep steps (default: the reference budget, 1000 below 1M variables, 500 from 1M)")
+                   help="PolyStep steps (default 3000 below 1M variables, 500 from 1M)")
     p.add_argument("--epsilon", type=float, default=None, help="softmax temperature (default 5)")
     p.add_argument("--step-radius", type=float, default=None, help="step radius alpha (default: reference)")
     p.add_argument("--probe-radius", type=float, default=None, help="probe radius rho (default: reference)")
