@@ -47,6 +47,28 @@ class FaultOnce(Problem):
         return self.inner.evaluate(spec, members)
 
 
+class SlowInOneProcess(Problem):
+    """Logs which process evaluated each slice; the first process to claim ``slow`` sleeps 0.3 s per slice."""
+
+    def __init__(self, inner, log_dir):
+        self.inner, self.dim, self.log_dir = inner, inner.dim, str(log_dir)
+
+    def evaluate(self, spec, members):
+        claim = os.path.join(self.log_dir, "slow")
+        try:
+            with open(claim, "x") as f:
+                f.write(str(os.getpid()))
+        except FileExistsError:
+            pass
+        with open(claim) as f:
+            slow = f.read() == str(os.getpid())
+        with open(os.path.join(self.log_dir, f"{os.getpid()}.log"), "a") as f:
+            f.write("x")
+        if slow:
+            time.sleep(0.3)
+        return self.inner.evaluate(spec, members)
+
+
 class Failing(Problem):
     dim = 4
 
@@ -122,6 +144,24 @@ def test_a_dead_or_hung_actor_is_replaced_and_the_generation_is_unchanged(evalua
     assert evaluator.replaced > replaced and len(evaluator.actors()) == 2
     assert ("timeout_s" if how == "hang" else "died") in evaluator.faults[-1]
     assert torch.equal(evaluator(inner, spec), expected)  # the replacement keeps working
+
+
+def test_fast_actors_take_more_ranges(evaluator, tmp_path):
+    inner = VectorProblem(rastrigin, 12)
+    _, spec = gaussian_spec(popsize=64)
+    problem = SlowInOneProcess(inner, tmp_path)
+    evaluator(problem, spec)  # warm-up: both actors load the problem
+    for log in tmp_path.glob("*.log"):
+        log.unlink()
+    evaluator.chunk = 4
+    try:
+        assert torch.equal(evaluator(problem, spec), LocalEvaluator()(inner, spec))
+    finally:
+        evaluator.chunk = None
+    slow_pid = (tmp_path / "slow").read_text()
+    counts = {log.stem: len(log.read_text()) for log in tmp_path.glob("*.log")}
+    assert sum(counts.values()) == 16 and len(counts) == 2
+    assert counts[slow_pid] < 8 < max(counts.values())
 
 
 def test_a_failing_problem_raises_its_own_error(evaluator):

@@ -56,17 +56,21 @@ def _serialized_bytes(obj) -> int:
 
 
 class _Slot:
-    """One actor and what it is doing: starting (loading a problem), idle, or running one task."""
+    """One actor, its problem load in flight (``start_ref``) and its queued tasks.
+
+    ``tasks`` holds ``[ref, block index, since]``; actor tasks run in order, so
+    only ``tasks[0]`` runs, and its timeout clock starts when it reaches the head.
+    """
 
     def __init__(self, actor):
         self.actor = actor
-        self.ref = None        # the start or task reference in flight
-        self.block_index = None
-        self.since = 0.0
+        self.start_ref = None
+        self.start_since = 0.0
+        self.tasks: list = []
 
     @property
     def starting(self) -> bool:
-        return self.ref is not None and self.block_index is None
+        return self.start_ref is not None
 
 
 class RayEvaluator:
@@ -85,6 +89,7 @@ class RayEvaluator:
     ``chunk``: members per task (default: enough for ``ranges_per_actor``
     tasks per actor, a multiple of the problem's own ``chunk`` when it has one
     so batched forwards see the same batches as in-process evaluation).
+    ``pipeline``: tasks queued per actor (2 hides the driver round trip).
     ``timeout_s``: an evaluation task running longer is treated as hung: its
     actor is killed and replaced, its range re-run. ``max_retries``: re-runs of
     one range before the generation fails with RuntimeError.
@@ -94,12 +99,13 @@ class RayEvaluator:
 
     def __init__(self, num_actors="max", *, num_gpus_per_actor=None, actor_config: dict | None = None,
                  address: str | None = None, num_cpus: int | None = None, threads_per_actor: int | None = None,
-                 chunk: int | None = None, ranges_per_actor: int = 4, sum_chunk: int = 512,
+                 chunk: int | None = None, ranges_per_actor: int = 4, pipeline: int = 2, sum_chunk: int = 512,
                  timeout_s: float | None = None, max_retries: int = 3, start_timeout_s: float = 300.0,
                  connect_timeout_s: float = 10.0):
         self._check_args(num_actors, num_gpus_per_actor, actor_config, threads_per_actor, chunk,
-                         ranges_per_actor, sum_chunk, timeout_s, max_retries, start_timeout_s)
+                         ranges_per_actor, pipeline, sum_chunk, timeout_s, max_retries, start_timeout_s)
         self.chunk, self.ranges_per_actor, self.sum_chunk = chunk, int(ranges_per_actor), int(sum_chunk)
+        self.pipeline = int(pipeline)
         self.timeout_s, self.max_retries, self.start_timeout_s = timeout_s, int(max_retries), float(start_timeout_s)
         self.started_ray = connect(address, num_cpus=num_cpus, connect_timeout_s=connect_timeout_s)
         self._local_cluster = address is None
@@ -119,7 +125,7 @@ class RayEvaluator:
     # -- configuration ------------------------------------------------------------
     @staticmethod
     def _check_args(num_actors, num_gpus_per_actor, actor_config, threads_per_actor, chunk, ranges_per_actor,
-                    sum_chunk, timeout_s, max_retries, start_timeout_s) -> None:
+                    pipeline, sum_chunk, timeout_s, max_retries, start_timeout_s) -> None:
         if isinstance(num_actors, str):
             if num_actors not in NUM_ACTORS_WORDS:
                 raise ValueError(f"num_actors must be an int >= 1 or one of {NUM_ACTORS_WORDS}, got {num_actors!r}")
@@ -134,7 +140,7 @@ class RayEvaluator:
         for name, value in (("threads_per_actor", threads_per_actor), ("chunk", chunk)):
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
                 raise ValueError(f"{name} must be an int >= 1 or None, got {value!r}")
-        for name, value in (("ranges_per_actor", ranges_per_actor), ("sum_chunk", sum_chunk)):
+        for name, value in (("ranges_per_actor", ranges_per_actor), ("pipeline", pipeline), ("sum_chunk", sum_chunk)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be an int >= 1, got {value!r}")
         if timeout_s is not None and not (isinstance(timeout_s, (int, float)) and timeout_s > 0):
@@ -203,8 +209,8 @@ class RayEvaluator:
         return slot
 
     def _start(self, slot: _Slot) -> None:
-        slot.ref = slot.actor.load.remote(self._problem_key, self._problem_box)
-        slot.block_index, slot.since = None, time.monotonic()
+        slot.start_ref = slot.actor.load.remote(self._problem_key, self._problem_box)
+        slot.start_since = time.monotonic()
 
     def _use_problem(self, problem) -> None:
         if problem is self._problem and self._slots:
@@ -318,41 +324,59 @@ class RayEvaluator:
 
     # -- the queue ----------------------------------------------------------------
     def _schedule(self, blocks: list, submit) -> list:
-        """Run the ``(method, args)`` that ``submit(actor, block)`` names for every block on free actors; results in block order."""
+        """Run the ``(method, args)`` that ``submit(actor, block)`` names for every block; results in block order.
+
+        Each actor gets up to ``pipeline`` tasks queued so it never idles on a
+        round trip; blocks go to whichever actor has room, so fast actors take more.
+        """
         queue = deque(range(len(blocks)))
         results = [None] * len(blocks)
         failures = [0] * len(blocks)
         start_failures = 0
-        while queue or any(s.block_index is not None for s in self._slots):
+        for slot in self._slots:
+            slot.tasks = []  # leftovers of a generation that raised: their results are not wanted
+        while queue or any(slot.tasks for slot in self._slots):
             for slot in self._slots:
-                if slot.ref is None and queue:
+                while not slot.starting and queue and len(slot.tasks) < self.pipeline:
                     i = queue.popleft()
                     method, args = submit(slot.actor, blocks[i])
-                    slot.ref, slot.block_index, slot.since = method.remote(*args), i, time.monotonic()
+                    slot.tasks.append([method.remote(*args), i, time.monotonic()])
                     self.traffic["task_bytes"] += _serialized_bytes(args)
                     self.traffic["tasks"] += 1
-            in_flight = {s.ref: s for s in self._slots if s.ref is not None}
+            in_flight = {}
+            for slot in self._slots:
+                if slot.starting:
+                    in_flight[slot.start_ref] = (slot, None)
+                for task in slot.tasks:
+                    in_flight[task[0]] = (slot, task)
             ready, _ = ray.wait(list(in_flight), num_returns=1, timeout=self._next_deadline())
             for ref in ready:
-                slot = in_flight[ref]
-                i, slot.ref, slot.block_index = slot.block_index, None, None
+                slot, task = in_flight[ref]
+                if slot not in self._slots or (task is not None and task not in slot.tasks):
+                    continue  # the slot was replaced meanwhile: its blocks are queued again
                 try:
                     value = ray.get(ref)
                 except ACTOR_FAULTS as exc:
-                    if i is None:
+                    if task is None:
                         start_failures = self._start_failed(slot, start_failures, exc)
                     else:
-                        self._block_failed(slot, i, blocks, failures, queue, f"its actor died ({type(exc).__name__})")
+                        self._slot_failed(slot, blocks, failures, queue, f"its actor died ({type(exc).__name__})")
                     continue
                 except Exception as exc:
-                    if i is None:
+                    if task is None:
                         raise RuntimeError(
                             f"a Ray actor could not load the problem ({type(exc).__name__}: {exc}). Workers import "
                             "the problem's class by module name: install that module, or call "
                             "ray.cloudpickle.register_pickle_by_value(module) before evaluating") from exc
                     raise  # the problem itself raised: deterministic, so re-running would not help
-                if i is not None:
-                    results[i] = value
+                if task is None:
+                    slot.start_ref = None
+                    continue
+                head = slot.tasks[0] is task
+                slot.tasks.remove(task)
+                if head and slot.tasks:
+                    slot.tasks[0][2] = time.monotonic()  # the next task starts running now
+                results[task[1]] = value
             self._reap_overdue(blocks, failures, queue)
         return results
 
@@ -360,30 +384,32 @@ class RayEvaluator:
         deadlines = []
         for slot in self._slots:
             if slot.starting:
-                deadlines.append(slot.since + self.start_timeout_s)
-            elif slot.block_index is not None and self.timeout_s is not None:
-                deadlines.append(slot.since + self.timeout_s)
+                deadlines.append(slot.start_since + self.start_timeout_s)
+            elif slot.tasks and self.timeout_s is not None:
+                deadlines.append(slot.tasks[0][2] + self.timeout_s)
         return max(0.01, min(deadlines) - time.monotonic()) if deadlines else None
 
     def _reap_overdue(self, blocks, failures, queue) -> None:
         now = time.monotonic()
         for slot in list(self._slots):
-            if slot.starting and now - slot.since > self.start_timeout_s:
+            if slot.starting and now - slot.start_since > self.start_timeout_s:
                 raise RuntimeError(f"a Ray actor did not start within start_timeout_s={self.start_timeout_s:g} s; "
                                    f"the cluster may lack the resources {self.actor_options}")
-            if slot.block_index is not None and self.timeout_s is not None and now - slot.since > self.timeout_s:
-                i = slot.block_index
-                slot.ref, slot.block_index = None, None
-                self._block_failed(slot, i, blocks, failures, queue, f"it ran past timeout_s={self.timeout_s:g} s")
+            if not slot.starting and slot.tasks and self.timeout_s is not None \
+                    and now - slot.tasks[0][2] > self.timeout_s:
+                self._slot_failed(slot, blocks, failures, queue, f"it ran past timeout_s={self.timeout_s:g} s")
 
-    def _block_failed(self, slot, i, blocks, failures, queue, why: str) -> None:
+    def _slot_failed(self, slot, blocks, failures, queue, why: str) -> None:
+        """The running block failed: re-queue it and the blocks queued behind it, replace the actor."""
+        i = slot.tasks[0][1]
         failures[i] += 1
         self.faults.append(f"members {self._describe(blocks[i])}: {why}")
+        queue.extendleft(reversed([task[1] for task in slot.tasks]))
+        slot.tasks = []
         self._replace(slot)
         if failures[i] > self.max_retries:
             raise RuntimeError(f"members {self._describe(blocks[i])} failed {failures[i]} times, the last because "
                                f"{why}; giving up after max_retries={self.max_retries} (no generation was applied)")
-        queue.appendleft(i)
 
     def _start_failed(self, slot, count: int, exc) -> int:
         count += 1
