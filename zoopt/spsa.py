@@ -43,6 +43,7 @@ class SPSA(Strategy):
         if not isinstance(A, (int, float)) or A < 0:
             raise ValueError(f"A must be a number >= 0, got {A!r}")
         self.A = float(A)
+        self._delta = None
 
     @property
     def center(self) -> torch.Tensor:
@@ -59,7 +60,7 @@ class SPSA(Strategy):
 
     def _ask(self) -> PointsSpec:
         _, c_k = self.gains(self.generation + 1)
-        delta = self.direction(self.generation)
+        delta = self._delta = self.direction(self.generation)  # reused by _tell: noise is costly to regenerate
         cand = torch.stack([self._center + c_k * delta, self._center - c_k * delta])
         return PointsSpec(center=self._center.clone(), popsize=2, generation=self.generation, seed=self.seed,
                           candidates=cand)
@@ -67,13 +68,16 @@ class SPSA(Strategy):
     def _tell(self, spec, fitness) -> None:
         a_k, c_k = self.gains(self.generation + 1)
         slope = float(fitness[0] - fitness[1]) / (2.0 * c_k)
-        self._center = self._center - a_k * slope * self.direction(self.generation)
+        delta = self._delta if self._delta is not None else self.direction(self.generation)
+        self._center = self._center - a_k * slope * delta
+        self._delta = None
 
     def _state(self) -> dict:
         return {"center": self._center.clone(), "A": self.A}
 
     def _load(self, state: dict) -> None:
         self._center, self.A = state["center"].clone(), state["A"]
+        self._delta = None
 
 
 register("spsa", SPSA)

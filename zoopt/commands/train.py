@@ -167,8 +167,11 @@ class StrategyStepper(Stepper):
         self.name = strategy.name
         self.strategy = strategy
         self.batch = None
-        self.problem = ModuleProblem(model, loss_fn or torch.nn.CrossEntropyLoss(), lambda g: self.batch,
-                                     chunk=chunk)
+        class OnDevice(ModuleProblem):  # strategies keep their center on the CPU; the model may not be
+            def member_losses(self, params, x, y):
+                return super().member_losses({k: v.to(x.device) for k, v in params.items()}, x, y).cpu()
+
+        self.problem = OnDevice(model, loss_fn or torch.nn.CrossEntropyLoss(), lambda g: self.batch, chunk=chunk)
         self.forward_passes = 0
 
     def step(self, x, y):
@@ -256,7 +259,7 @@ def make_stepper(method: str, model, *, model_name: str, total_steps: int, seed:
         return EggrollStepper(model, seed=seed, **options)
     if method in ES_DEFAULTS:
         opts = {**ES_DEFAULTS[method], **options}
-        x0 = flatten_params(model)
+        x0 = flatten_params(model).cpu()
         if method == "openai_es":
             from zoopt.openai_es import OpenAIES
             strategy = OpenAIES(x0, seed=seed, optimizer="sgd", **opts)

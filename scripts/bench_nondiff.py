@@ -1,0 +1,212 @@
+"""Non-differentiable networks benchmark (issue 3, polystep.md §4.1): for each zoo model,
+
+* ours (``zoopt.PolyStep``) vs the official ``polystep`` package, same config (the paper's
+  per-model config, polystep.md §3, with the rank/polytope of this size), same batches,
+  same number of steps, i.e. equal forward-pass budgets (ours also scores the center once
+  per step: P·V·K + 1 against P·V·K);
+* OpenAI-ES, sep-CMA-ES (pycma) and SPSA with the paper's baseline settings, each given
+  the same stepping wall time as ours;
+* Adam on the smooth twin for the same number of epochs (its weights scored on the hard
+  model too).
+
+Accuracy is validation-selected: the test accuracy of the epoch with the best validation
+accuracy ("best") and of the last epoch ("last"). All models run on MNIST (there is no
+Fashion-MNIST offline here: the paper's argmax and MoE numbers are on Fashion-MNIST and
+MNIST+Fashion-MNIST, so they are not directly comparable).
+
+CPU default (~25 min on 2 idle cores, all six models): 4,096 training images, 2,000
+validation/test images, batch 256, 2 epochs, subspace rank 1, orthoplex.
+``--full``: the paper's size (50k training images, batch 512, 30 epochs, per-model ranks),
+meant for a GPU. Writes ``results.json`` and ``results.png`` into ``--out``.
+
+    python scripts/bench_nondiff.py --models mlp,snn
+    python scripts/bench_nondiff.py --full --device cuda
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+import traceback
+
+import torch
+
+from zoopt.commands.train import fit, make_stepper, polystep_class
+from zoopt.problems.zoo import MODELS, make_model, zoo_data
+
+ALL_METHODS = ("polystep", "polystep_official", "openai_es", "sep_cma_es", "spsa", "adam")
+ES_METHODS = ("openai_es", "sep_cma_es", "spsa")
+PAPER = {"snn": 93.36, "int8": 97.15, "argmax": 86.84, "staircase": 93.17, "moe": 90.70, "mlp": 96.00}
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--models", default=",".join(MODELS), help="comma-separated subset of " + ",".join(MODELS))
+    p.add_argument("--methods", default=",".join(ALL_METHODS), help="comma-separated subset of " + ",".join(ALL_METHODS))
+    p.add_argument("--full", action="store_true", help="paper size: full MNIST, batch 512, 30 epochs, paper ranks")
+    p.add_argument("--epochs", type=int, default=None)
+    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--limit-train", type=int, default=None)
+    p.add_argument("--limit-eval", type=int, default=None)
+    p.add_argument("--rank", type=int, default=None, help="subspace rank for every model (default: 1 on CPU, paper's with --full)")
+    p.add_argument("--polytope", default="orthoplex", choices=("orthoplex", "simplex", "cube"))
+    p.add_argument("--es-time", type=float, default=None,
+                   help="seconds of stepping per ES baseline (default: ours' stepping time)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--out", default=os.path.join("runs", "bench_nondiff"))
+    p.add_argument("--progress", action="store_true")
+    args = p.parse_args(argv)
+    defaults = dict(epochs=30, batch_size=512, limit_train=None, limit_eval=None, rank=None) if args.full else \
+        dict(epochs=2, batch_size=256, limit_train=4096, limit_eval=2000, rank=1)
+    for k, v in defaults.items():
+        if getattr(args, k) is None:
+            setattr(args, k, v)
+    args.models = [m for m in args.models.split(",") if m]
+    args.methods = [m for m in args.methods.split(",") if m]
+    bad = [m for m in args.models if m not in MODELS] + [m for m in args.methods if m not in ALL_METHODS]
+    if bad:
+        p.error(f"unknown models/methods: {bad}")
+    return args
+
+
+def official_available() -> str | None:
+    try:
+        import polystep  # noqa: F401
+    except ImportError as exc:
+        return f"the official polystep package is not installed ({exc}); pip install polystep"
+    return None
+
+
+def run_one(method, name, data, args, *, time_limit=None, epochs=None):
+    n_in = data["x_train"].shape[1]
+    model = make_model(name, seed=args.seed, in_features=n_in).to(args.device)
+    per_epoch = max(1, len(data["x_train"]) // args.batch_size)
+    epochs = epochs or args.epochs
+    stepper = make_stepper(method, model, model_name=name, total_steps=args.epochs * per_epoch, seed=args.seed,
+                           polystep_overrides={"rank": args.rank, "polytope": args.polytope})
+    extra = {}
+    if hasattr(stepper, "opt") and hasattr(stepper.opt, "evaluations_per_step"):
+        extra["candidates_per_step"] = int(stepper.opt.evaluations_per_step)
+    summary = fit(stepper, data, epochs=epochs, batch_size=args.batch_size, seed=args.seed, time_limit=time_limit,
+                  progress=args.progress, label=f"{name}/{method}")
+    summary.update(extra)
+    return summary
+
+
+def bench_model(name, data, args, log):
+    results = {}
+    missing = {"polystep": None if polystep_class() is not None else "zoopt.PolyStep is not in this checkout yet",
+               "polystep_official": official_available()}
+    for method in ("polystep", "polystep_official"):
+        if method not in args.methods:
+            continue
+        if missing[method]:
+            results[method] = {"error": missing[method]}
+            log(f"  {method:18s} SKIPPED: {missing[method]}")
+            continue
+        try:
+            results[method] = run_one(method, name, data, args)
+        except Exception as exc:  # report and go on with the other methods
+            traceback.print_exc()
+            results[method] = {"error": f"{type(exc).__name__}: {exc}"}
+        log(line(method, results[method]))
+    budget = args.es_time
+    for ref in ("polystep", "polystep_official"):
+        if budget is None and "train_time_s" in results.get(ref, {}):
+            budget = results[ref]["train_time_s"]
+    for method in ES_METHODS:
+        if method not in args.methods:
+            continue
+        if budget is None:
+            results[method] = {"error": "no PolyStep run to match the wall time (give --es-time)"}
+        else:
+            results[method] = run_one(method, name, data, args, time_limit=budget, epochs=10_000)
+            results[method]["wall_time_budget_s"] = budget
+        log(line(method, results[method]))
+    if "adam" in args.methods:
+        results["adam"] = run_one("adam", name, data, args)
+        log(line("adam", results["adam"]))
+    ours, theirs = results.get("polystep", {}), results.get("polystep_official", {})
+    if "time_per_step_s" in ours and "time_per_step_s" in theirs:
+        results["ratio_ours_over_official"] = {
+            "time_per_step": ours["time_per_step_s"] / theirs["time_per_step_s"],
+            "forward_passes": ours["forward_passes"] / max(1, theirs["forward_passes"]),
+            "best_test_acc_pp": 100 * (ours["best_test_acc"] - theirs["best_test_acc"]),
+            "last_test_acc_pp": 100 * (ours["last_test_acc"] - theirs["last_test_acc"]),
+        }
+        r = results["ratio_ours_over_official"]
+        log(f"  ours/official: time per step x{r['time_per_step']:.3f}, forward passes x{r['forward_passes']:.4f}, "
+            f"accuracy {r['best_test_acc_pp']:+.2f} pp (best), {r['last_test_acc_pp']:+.2f} pp (last)")
+    return results
+
+
+def line(method, s):
+    if "error" in s:
+        return f"  {method:18s} ERROR: {s['error']}"
+    twin = f"  twin best {100 * s['twin_best_test_acc']:.2f}" if "twin_best_test_acc" in s else ""
+    return (f"  {method:18s} best {100 * s['best_test_acc']:6.2f}  last {100 * s['last_test_acc']:6.2f}  "
+            f"(val {100 * s['best_val_acc']:.2f} @ep {s['best_epoch']})  {s['steps']:6d} steps  "
+            f"{s['forward_passes']:>12,d} fwd  {s['time_per_step_s']:8.3f} s/step{twin}")
+
+
+def plot(all_results, path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    models = list(all_results)
+    methods = [m for m in ALL_METHODS if any("best_test_acc" in all_results[k].get(m, {}) for k in models)]
+    fig, axes = plt.subplots(1, 2, figsize=(13, 4.2))
+    width = 0.8 / max(1, len(methods))
+    for j, method in enumerate(methods):
+        vals = [100 * all_results[k].get(method, {}).get("best_test_acc", float("nan")) for k in models]
+        axes[0].bar([i + j * width for i in range(len(models))], vals, width, label=method)
+    axes[0].set_xticks([i + 0.4 - width / 2 for i in range(len(models))], models)
+    axes[0].set_ylabel("test accuracy % (val-selected epoch)")
+    axes[0].legend(fontsize=8)
+    axes[0].grid(axis="y", alpha=0.3)
+    for method in ("polystep", "polystep_official"):
+        for k in models:
+            recs = all_results[k].get(method, {}).get("records")
+            if recs:
+                axes[1].plot([r["forward_passes"] for r in recs], [100 * r["val_acc"] for r in recs], marker="o",
+                             label=f"{k}/{method}", ls="-" if method == "polystep" else "--")
+    axes[1].set_xlabel("forward passes")
+    axes[1].set_ylabel("validation accuracy %")
+    axes[1].legend(fontsize=7)
+    axes[1].grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    os.makedirs(args.out, exist_ok=True)
+    data = zoo_data("mnist", limit_train=args.limit_train, limit_eval=args.limit_eval)
+    data = {k: v.to(args.device) for k, v in data.items()}
+    config = {k: v for k, v in vars(args).items()}
+    config.update(n_train=len(data["x_train"]), n_val=len(data["x_val"]), n_test=len(data["x_test"]),
+                  torch=torch.__version__, threads=torch.get_num_threads(), date=time.strftime("%Y-%m-%d %H:%M:%S"))
+    print(f"bench_nondiff: {config['n_train']} train / {config['n_val']} val / {config['n_test']} test MNIST images, "
+          f"batch {args.batch_size}, {args.epochs} epochs, rank {args.rank or 'paper'}, {args.polytope}, "
+          f"{args.threads} threads, device {args.device}")
+    all_results, t0 = {}, time.time()
+    for name in args.models:
+        print(f"{name}  (paper, best test: PolyStep {PAPER[name]:.2f})", flush=True)
+        all_results[name] = bench_model(name, data, args, lambda s: print(s, flush=True))
+        with open(os.path.join(args.out, "results.json"), "w") as fh:
+            json.dump({"config": config, "results": all_results}, fh, indent=1)
+    plot(all_results, os.path.join(args.out, "results.png"))
+    print(f"done in {time.time() - t0:.0f} s -> {args.out}/results.json, results.png")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
