@@ -53,14 +53,20 @@ def _correction_terms(pop: Population, lhs_rows: torch.Tensor, weight, bias, wei
         right.append(A)
     if member_bias:
         eps = pop.pair_noise(bias_id, m, dtype=dtype)                                   # [G, m]
-        col = pop.vector_scale.to(dtype)[:, :, None, None].expand(G, g, rows, 1).reshape(G, g * rows, 1)
+        key = ("col", rows, dtype)
+        if key not in pop._cache:
+            pop._cache[key] = pop.vector_scale.to(dtype)[:, :, None, None].expand(G, g, rows, 1).reshape(G, g * rows, 1)
+        col = pop._cache[key]
         left.append(col)
         right.append(eps.unsqueeze(-1))
     if not left:
         return None
     if len(left) == 1:
         return left[0], right[0]
-    return torch.cat(left, -1), torch.cat(right, -1)
+    key = ("right", weight_id, bias_id)   # a recurrent layer reuses it at every step
+    if key not in pop._cache:
+        pop._cache[key] = torch.cat(right, -1)
+    return torch.cat(left, -1), pop._cache[key]
 
 
 def population_linear(pop: Population, x: torch.Tensor, weight: torch.Tensor, bias, *, weight_id: int,
