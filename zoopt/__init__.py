@@ -3,6 +3,7 @@ from zoopt.cma_es import CMAES
 from zoopt.eggroll import EGGROLL, EGGROLLES  # noqa: F401
 from zoopt.hdet import HDETOneCycleLR, HDETSimulation  # noqa: F401
 from zoopt.openai_es import OpenAIES
+from zoopt.polystep import PolyStep, PolyStepES  # noqa: F401
 from zoopt.random_search import RandomSearch
 from zoopt.registry import METHODS, register
 from zoopt.run import OptimizeResult, minimize, run
@@ -10,6 +11,7 @@ from zoopt.shaping import NonFiniteFitnessError
 from zoopt.spec import GaussianSpec, PerturbationSpec, PointsSpec
 from zoopt.spsa import SPSA
 from zoopt.strategy import Strategy
+from zoopt.train import train  # noqa: F401
 
 __version__ = "0.1.0"
 

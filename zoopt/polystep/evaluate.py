@@ -1,0 +1,293 @@
+"""Structure-aware evaluation of PolyStep candidates on a torch model.
+
+Candidate ``(i, v, k)`` moves only block ``i`` of the subspace coordinates,
+so its parameters differ from the current model only in the layers that
+block maps to. Protocol (shared with ``problems.zoo``): a model may define
+``stages()`` returning ``[(name, module), ...]`` (or plain modules) in forward
+order, with ``model(x)`` equal to the modules applied one after another to
+``x.flatten(1)`` (or to ``x``; checked numerically on the first batch) and
+every trainable parameter owned by exactly one stage. ``nn.Sequential``
+models are read as their children. Each stage must treat the leading
+dimension of its input as the batch (intermediate layouts are free, e.g.
+the SNN's ``[T, B, H]`` spike train), so stacking candidates into the batch
+is just a bigger batch.
+
+Routes, per particle block, for a block whose first touched stage is ``s``:
+
+* ``linear``: stage ``s`` is affine — ``nn.Linear``, a stage class with
+  ``zoopt_affine = True`` (forward ``activation(F.linear(x, weight, bias))``)
+  or the zoo's ``Dense`` — and the block touches only its weight and bias.
+  The stage input ``a_s`` and the center's pre-activation are computed once
+  per batch; each coordinate ``j`` gives the response ``a_s M_j^T`` once (the
+  map's column reshaped, sparse or dense), a candidate's pre-activation is the
+  center's plus its offset times those responses (a small batched GEMM),
+  and stages ``s+1..`` run once on all candidates stacked into the batch with
+  the shared weights. No per-candidate weight is ever built.
+* ``generic``: stages ``0..s-1`` run once; stages ``s..`` run under
+  ``torch.vmap`` with per-candidate copies of only the touched tensors.
+* models without stages: the whole model under ``torch.vmap`` with
+  per-candidate copies of the touched tensors (the fallback).
+
+:func:`naive_losses` is the reference (full per-candidate parameter vectors
+through ``functional_call``); tests check every route against it.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable, Dict, List, Optional, Tuple
+
+import torch
+from torch import nn
+from torch.func import functional_call
+
+from .subspace import HybridSubspace, LayerMap
+
+ACTIVATION_BYTES = 256 * 2 ** 20   # per chunk: stacked candidate activations
+PARAM_BYTES = 256 * 2 ** 20        # per chunk: per-candidate copies of touched tensors
+
+
+def _dense_forward():
+    try:
+        from zoopt.problems.zoo.layers import Dense
+    except Exception:  # the zoo is optional for the engine
+        return None
+    return Dense.forward
+
+
+def affine_parts(stage: nn.Module) -> Optional[Callable]:
+    """The elementwise function applied after the stage's affine map, or None when the stage is not affine."""
+    cls = type(stage)
+    if not isinstance(stage, nn.Linear):
+        return None
+    if cls.forward is nn.Linear.forward:
+        return lambda h: h
+    if getattr(cls, "zoopt_affine", False) or (_dense_forward() is not None and cls.forward is _dense_forward()):
+        act = getattr(stage, "activation", None)
+        return act if act is not None else (lambda h: h)
+    return None
+
+
+def model_stages(model: nn.Module) -> Optional[List[Tuple[str, nn.Module]]]:
+    """``[(name, module)]`` from ``model.stages()`` or an ``nn.Sequential``; None when neither applies."""
+    if hasattr(model, "stages") and callable(model.stages):
+        raw = list(model.stages())
+    elif isinstance(model, nn.Sequential):
+        raw = list(model.named_children())
+    else:
+        return None
+    out = []
+    for k, item in enumerate(raw):
+        name, module = item if isinstance(item, tuple) else (str(k), item)
+        if not isinstance(module, nn.Module):
+            return None
+        out.append((name, module))
+    return out
+
+
+@dataclass
+class Route:
+    kind: str                 # "linear", "generic" or "model"
+    stage: int                # first touched stage (0 for "model")
+    layers: Tuple[int, ...]   # indices of the subspace layers the block touches
+
+
+def naive_losses(model: nn.Module, loss_fn, x, y, thetas: torch.Tensor, names: List[str],
+                 shapes: List[torch.Size]) -> torch.Tensor:
+    """Reference: one full parameter set per candidate ``thetas [N, num_params]`` through ``functional_call``."""
+    out = []
+    for theta in thetas:
+        params, at = {}, 0
+        for name, shape in zip(names, shapes):
+            n = math.prod(shape)
+            params[name] = theta[at:at + n].reshape(shape)
+            at += n
+        out.append(loss_fn(functional_call(model, params, (x,)), y).reshape(()))
+    return torch.stack(out)
+
+
+class BlockEvaluator:
+    """Costs of all candidates of a PolyStep proposal on one batch (see the module docstring)."""
+
+    def __init__(self, model: nn.Module, subspace: HybridSubspace, particle_dim: int, structured: bool = True,
+                 activation_bytes: int = ACTIVATION_BYTES, param_bytes: int = PARAM_BYTES):
+        self.model, self.subspace, self.d = model, subspace, int(particle_dim)
+        self.activation_bytes, self.param_bytes = int(activation_bytes), int(param_bytes)
+        self.params = {n: p for n, p in model.named_parameters() if p.requires_grad}
+        self.names = [l.name for l in subspace.layers]
+        if list(self.params) != self.names:
+            raise ValueError("the subspace layout does not match the model's trainable parameters")
+        self.stages = model_stages(model) if structured else None
+        self.owner: Dict[str, Tuple[int, str]] = {}
+        if self.stages is not None:
+            ids = {id(p): n for n, p in self.params.items()}
+            for k, (_, module) in enumerate(self.stages):
+                for local, p in module.named_parameters():
+                    if id(p) in ids:
+                        self.owner[ids[id(p)]] = (k, local)
+            if set(self.owner) != set(self.names):
+                self.stages = None  # a parameter outside every stage: no staged evaluation
+        self.input_mode: Optional[str] = None   # "flatten", "plain" once verified, "model" when stages don't compose
+        self.num_particles = math.ceil(subspace.dim / self.d)
+        self.routes = [self._route(i) for i in range(self.num_particles)]
+
+    # -- routing ---------------------------------------------------------------------------------
+    def _route(self, particle: int) -> Route:
+        start, stop = particle * self.d, min((particle + 1) * self.d, self.subspace.dim)
+        layers = tuple(self.subspace.layers.index(l) for l in self.subspace.layers_touching(start, stop))
+        if self.stages is None:
+            return Route("model", 0, layers)
+        stages = sorted({self.owner[self.names[i]][0] for i in layers})
+        s = stages[0]
+        module = self.stages[s][1]
+        if len(stages) == 1 and affine_parts(module) is not None and \
+                all(self.owner[self.names[i]][1] in ("weight", "bias") for i in layers):
+            return Route("linear", s, layers)
+        return Route("generic", s, layers)
+
+    def route_counts(self) -> Dict[str, int]:
+        counts: Dict[str, int] = {}
+        for r in self.routes:
+            counts[r.kind] = counts.get(r.kind, 0) + 1
+        return counts
+
+    # -- prefix ----------------------------------------------------------------------------------
+    def _stage_inputs(self, x: torch.Tensor) -> Optional[List[torch.Tensor]]:
+        """``[a_0, ..., a_n]`` with the current weights, or None when the stages don't compose to the model."""
+        if self.stages is None or self.input_mode == "model":
+            return None
+        reference = self.model(x) if self.input_mode is None else None
+        modes = [self.input_mode] if self.input_mode else (["flatten", "plain"] if x.dim() > 2 else ["plain"])
+        for mode in modes:
+            h = x.flatten(1) if mode == "flatten" else x
+            acts = [h]
+            for _, module in self.stages:
+                h = module(h)
+                acts.append(h)
+            if reference is None or (h.shape == reference.shape and torch.equal(h, reference)):
+                self.input_mode = mode
+                return acts
+        self.input_mode = "model"
+        return None
+
+    # -- evaluation ------------------------------------------------------------------------------
+    @torch.no_grad()
+    def losses(self, x, y, loss_fn, offsets: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
+        """Costs ``[P, V, K]`` for probe offsets ``[P, V, K, d]`` around the current model ``theta``."""
+        p, v, k, d = offsets.shape
+        acts = self._stage_inputs(x)
+        out = torch.empty(p, v * k, dtype=torch.promote_types(torch.float32, theta.dtype))
+        i = 0
+        while i < p:
+            route = self.routes[i] if acts is not None else Route("model", 0, self.routes[i].layers)
+            j = i + 1
+            limit = self._chunk_particles(route, acts, x, v * k)
+            while j < p and j - i < limit and self._same_group(route, j, acts):
+                j += 1
+            deltas = offsets[i:j].reshape(j - i, v * k, d)
+            if route.kind == "linear":
+                out[i:j] = self._linear(route, acts, y, loss_fn, i, deltas)
+            else:
+                out[i:j] = self._vmapped(route, acts, x, y, loss_fn, i, deltas, theta)
+            i = j
+        return out.reshape(p, v, k)
+
+    def _same_group(self, route: Route, particle: int, acts) -> bool:
+        other = self.routes[particle]
+        if acts is None:
+            return set(other.layers) == set(route.layers)
+        return other.kind == route.kind and other.stage == route.stage and \
+            (route.kind == "linear" or set(other.layers) == set(route.layers))
+
+    def _chunk_particles(self, route: Route, acts, x, per_particle: int) -> int:
+        """Particles per chunk so stacked activations and weight copies stay within budget."""
+        batch = x.shape[0]
+        if acts is not None:
+            floats = sum(a.numel() for a in acts[route.stage + 1:]) / max(1, batch)
+        else:
+            floats = x[0].numel() * 8  # unknown internals: a rough guess
+        cand = self.activation_bytes / max(1.0, floats * batch * 4)
+        if route.kind != "linear":
+            touched = sum(self.subspace.layers[l].numel for l in route.layers)
+            cand = min(cand, self.param_bytes / (touched * 4))
+        return max(1, int(cand // per_particle))
+
+    def _particle_coords(self, first: int, count: int):
+        lo = first * self.d
+        return lo, lo + count * self.d
+
+    def _linear(self, route: Route, acts, y, loss_fn, first: int, deltas: torch.Tensor) -> torch.Tensor:
+        """The ``linear`` route: responses ``a_s M_j^T`` per coordinate, combined per candidate."""
+        n_part, n_cand, d = deltas.shape
+        stage = self.stages[route.stage][1]
+        post = affine_parts(stage)
+        a_in = acts[route.stage]
+        flat_in = a_in.reshape(-1, a_in.shape[-1])
+        pre = nn.functional.linear(flat_in, stage.weight, stage.bias)  # [B', d_out]
+        rows, d_out = pre.shape
+        lo, hi = self._particle_coords(first, n_part)
+        resp = torch.zeros(hi - lo, rows, d_out, dtype=pre.dtype)
+        for li in range(len(self.subspace.layers)):
+            layer = self.subspace.layers[li]
+            a, b = max(lo, layer.coord_start), min(hi, layer.coord_stop)
+            if a >= b or self.owner[layer.name][0] != route.stage:
+                continue
+            local = self.owner[layer.name][1]
+            if local == "weight":
+                resp[a - lo:b - lo] = self.subspace.linear_responses(layer, flat_in, a - layer.coord_start,
+                                                                     b - layer.coord_start)
+            else:  # bias coordinate c moves output unit c
+                units = self.subspace.identity_units(layer, a - layer.coord_start, b - layer.coord_start)
+                resp[torch.arange(a - lo, b - lo), :, units] = 1.0
+        change = torch.bmm(deltas.to(pre.dtype), resp.reshape(n_part, d, rows * d_out))  # [np, nc, B' d_out]
+        stacked = post(pre.reshape(1, rows * d_out) + change.reshape(n_part * n_cand, rows * d_out))
+        h = stacked.reshape(n_part * n_cand * a_in.shape[0], *a_in.shape[1:-1], d_out)
+        for _, module in self.stages[route.stage + 1:]:
+            h = module(h)
+        h = h.reshape(n_part * n_cand, -1, *h.shape[1:])
+        return self._per_candidate_loss(loss_fn, h, y).reshape(n_part, n_cand)
+
+    @staticmethod
+    def _per_candidate_loss(loss_fn, outputs: torch.Tensor, y) -> torch.Tensor:
+        try:
+            return torch.vmap(lambda o: loss_fn(o, y).reshape(()))(outputs)
+        except Exception:  # a loss that vmap cannot trace: loop
+            return torch.stack([loss_fn(o, y).reshape(()) for o in outputs])
+
+    def _vmapped(self, route: Route, acts, x, y, loss_fn, first: int, deltas: torch.Tensor,
+                 theta: torch.Tensor) -> torch.Tensor:
+        """``generic`` and ``model`` routes: vmap with per-candidate copies of the touched tensors only."""
+        n_part, n_cand, d = deltas.shape
+        lo = first * self.d
+        flat = torch.zeros(n_part, n_cand, self.num_particles * self.d, dtype=deltas.dtype)
+        for q in range(n_part):
+            flat[q, :, lo + q * self.d: lo + (q + 1) * self.d] = deltas[q]
+        z = flat.reshape(n_part * n_cand, -1)[:, :self.subspace.dim]
+        batched = {}
+        for li in route.layers:
+            layer = self.subspace.layers[li]
+            delta = self.subspace.layer_param_delta(layer, z[:, layer.coord_start:layer.coord_stop])
+            base = theta[layer.param_start:layer.param_start + layer.numel]
+            batched[layer.name] = (base[None] + delta).reshape(-1, *layer.shape).to(self.params[layer.name].dtype)
+        if route.kind == "model":
+            def one(params):
+                return loss_fn(functional_call(self.model, params, (x,), strict=False), y).reshape(())
+            losses = torch.vmap(one)(batched)
+        else:
+            stage_params = {}
+            for name, value in batched.items():
+                k, local = self.owner[name]
+                stage_params.setdefault(k, {})[local] = value
+            a_in = acts[route.stage]
+
+            def one(params):
+                h = a_in
+                for k in range(route.stage, len(self.stages)):
+                    module = self.stages[k][1]
+                    h = functional_call(module, params[k], (h,), strict=False) if k in params else module(h)
+                return loss_fn(h, y).reshape(())
+            losses = torch.vmap(one)(stage_params)
+        return losses.reshape(n_part, n_cand)
+
+
+__all__ = ["BlockEvaluator", "naive_losses", "model_stages", "affine_parts", "Route"]
