@@ -111,3 +111,29 @@ def test_best_epoch_is_selected_on_validation_not_test():
     assert summary["best_test_acc"] == 0.0 and summary["last_test_acc"] == 1.0
     with pytest.raises(ValueError, match="epochs"):
         fit(_ScriptedStepper(_Scripted()), data, epochs=0, batch_size=2)
+
+
+def _bench_module():
+    import importlib.util
+
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "scripts", "bench_nondiff.py")
+    spec = importlib.util.spec_from_file_location("bench_nondiff", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_bench_sizes_and_a_tiny_run(tmp_path):
+    bench = _bench_module()
+    cpu, full = bench.parse_args([]), bench.parse_args(["--full"])
+    assert (cpu.epochs, cpu.batch_size, cpu.limit_train, cpu.rank) == (2, 256, 4096, 1)
+    assert (full.epochs, full.batch_size, full.limit_train, full.rank) == (30, 512, None, None)
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--models", "resnet"])
+    out = str(tmp_path / "bench")
+    assert bench.main(["--models", "mlp", "--methods", "openai_es,adam", "--limit-train", "512", "--limit-eval",
+                       "200", "--epochs", "1", "--es-time", "0.5", "--out", out]) == 0
+    res = json.load(open(os.path.join(out, "results.json")))["results"]["mlp"]
+    assert res["adam"]["steps"] == 2 and res["adam"]["forward_passes"] == 2
+    assert res["openai_es"]["wall_time_budget_s"] == 0.5 and res["openai_es"]["train_time_s"] >= 0.5
+    assert os.path.getsize(os.path.join(out, "results.png")) > 0

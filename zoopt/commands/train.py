@@ -405,9 +405,12 @@ def main(args) -> int:
     model = make_model(args.model, seed=args.seed, in_features=n_in, num_classes=max(n_cls, 10))
     per_epoch = max(1, len(data["x_train"]) // args.batch_size)
     options = {k: v for k, v in (("lr", args.lr), ("popsize", args.popsize), ("sigma", args.sigma)) if v is not None}
-    stepper = make_stepper(args.method, model, model_name=args.model, total_steps=args.epochs * per_epoch,
-                           seed=args.seed, polystep_overrides={"rank": args.rank, "polytope": args.polytope},
-                           options=options)
+    try:
+        stepper = make_stepper(args.method, model, model_name=args.model, total_steps=args.epochs * per_epoch,
+                               seed=args.seed, polystep_overrides={"rank": args.rank, "polytope": args.polytope},
+                               options=options)
+    except (RuntimeError, ImportError) as exc:  # a method whose implementation is not installed
+        raise SystemExit(f"zoopt train: method {args.method!r} is not available: {exc}") from None
     summary = fit(stepper, data, epochs=args.epochs, batch_size=args.batch_size, seed=args.seed,
                   time_limit=args.time_limit, out=out, progress=not args.quiet,
                   label=f"{args.model}/{args.method}")
