@@ -234,6 +234,10 @@ class RayEvaluator:
         self._slots[self._slots.index(slot)] = self._new_slot()
         self.replaced += 1
 
+    def actor_cpu_seconds(self) -> float:
+        """CPU seconds used so far by the live actors' processes, summed."""
+        return float(sum(ray.get([slot.actor.cpu_seconds.remote() for slot in self._slots])))
+
     def actors(self) -> list:
         """The live actor handles (for inspection and fault-injection tests)."""
         return [slot.actor for slot in self._slots]
