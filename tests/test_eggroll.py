@@ -9,7 +9,6 @@ from torch.func import functional_call
 import zoopt
 from zoopt.eggroll import EGGROLL, EGGROLLES, LowRankSpec
 from zoopt.eggroll.noise import lowrank_factors
-from zoopt.eggroll.spec import make_blocks
 from zoopt.eggroll.update import shape_fitness
 
 

@@ -292,10 +292,7 @@ class EggLM:
 
     def log_likelihood(self, tokens: torch.Tensor, targets: torch.Tensor, noise: IntNoise | None = None):
         """Summed target log-likelihood per row in 1/16 bits (int32 ``[N]``)."""
-        return self.tables_ll(self.forward(tokens, noise), targets).sum(-1, dtype=torch.int32)
-
-    def tables_ll(self, logits, targets):
-        return self.t.log_likelihood(logits, targets)
+        return self.t.log_likelihood(self.forward(tokens, noise), targets).sum(-1, dtype=torch.int32)
 
 
 # -- the integer ES update ---------------------------------------------------------------------
