@@ -137,3 +137,23 @@ def test_bench_sizes_and_a_tiny_run(tmp_path):
     assert res["adam"]["steps"] == 2 and res["adam"]["forward_passes"] == 2
     assert res["openai_es"]["wall_time_budget_s"] == 0.5 and res["openai_es"]["train_time_s"] >= 0.5
     assert os.path.getsize(os.path.join(out, "results.png")) > 0
+
+
+def test_ours_and_the_official_package_get_the_same_schedules():
+    pytest.importorskip("polystep")
+    from polystep import CosineEpsilon
+
+    from zoopt.commands.train import _schedules
+    from zoopt.polystep.schedules import Cosine
+
+    def official(init, target, total_steps):
+        return CosineEpsilon(init=init, target=target, decay=abs(init - target) / total_steps, total_steps=total_steps)
+
+    for name in PAPER_CONFIGS:
+        cfg = polystep_config(name)
+        ours, theirs = _schedules(cfg, 37, Cosine), _schedules(cfg, 37, official)
+        for key in ours:
+            if isinstance(ours[key], float):
+                assert ours[key] == theirs[key]
+            else:
+                assert [ours[key].at(t) for t in range(40)] == pytest.approx([theirs[key].at(t) for t in range(40)])

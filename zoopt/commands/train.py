@@ -132,7 +132,8 @@ class OfficialPolyStep(Stepper):
         from polystep import CosineEpsilon, HybridSubspace, ParamLayout, PolyStepOptimizer
 
         def cosine(init, target, total_steps):
-            return CosineEpsilon(init=init, target=target, decay=(init - target) / total_steps)
+            return CosineEpsilon(init=init, target=target, decay=abs(init - target) / total_steps,
+                                 total_steps=total_steps)
 
         warnings.filterwarnings("ignore", module="polystep")
         warnings.filterwarnings("ignore", message=".*biased_rotation.*")
