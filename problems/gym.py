@@ -8,7 +8,12 @@ How a generation is evaluated:
 * **One population forward.** Members' episodes run side by side in a
   Gymnasium vector env (``vector="sync"`` or ``"async"``) of ``members x K``
   sub-envs (in waves of at most ``num_envs``); each step computes every
-  member's actions with one batched matmul per layer.
+  member's actions with one batched matmul per layer. EGGROLL's low-rank
+  specs never materialize members: one GEMM with the center's weights plus
+  each member's rank-r correction (its population-aware linear); other
+  specs go through ``spec.points(members)``. Sub-envs whose episode ended
+  keep stepping (vector envs autoreset) until the wave's last episode ends;
+  those steps are ignored.
 * **Observation normalization** (``obs_norm=True``). A generation uses the
   statistics frozen at its start. The observations seen while evaluating it
   are accumulated per member; when the first evaluation of a later

@@ -109,10 +109,11 @@ def run_pgpe(env_id: str, budget: int, seed: int, popsize: int, policy: str, hid
 
 
 def run_ours(env_id: str, method: str, budget: int, seed: int, popsize: int, policy: str, hidden, quant: str,
-             test_every: int, test_episodes: int, target):
+             test_every: int, test_episodes: int, target, stop: bool = False):
     seed_everything(seed)
     summary = train_rl(env_id, method, budget=budget, popsize=popsize, seed=seed, policy=policy,
-                       hidden=hidden or (16,), quant=quant, eval_every_steps=test_every, eval_episodes=test_episodes)
+                       hidden=hidden or (16,), quant=quant, eval_every_steps=test_every, eval_episodes=test_episodes,
+                       target=target if stop else None)
     curve = [(r["env_steps"], r["test_mean"]) for r in summary["history"] if "test_mean" in r]
     reached = next((s for s, v in curve if target is not None and v >= target), None)
     return {"curve": curve, "env_steps": summary["env_steps"], "seconds": summary["seconds"],
@@ -165,6 +166,11 @@ def main(argv=None) -> int:
     ap.add_argument("--checkpoints", type=int, default=20)
     ap.add_argument("--test-episodes", type=int, default=10)
     ap.add_argument("--no-quant", action="store_true")
+    ap.add_argument("--quant-methods", default="openai_es,polystep",
+                    help="methods that also run int8 and binary policies on CartPole and Acrobot")
+    ap.add_argument("--quant-only", action="store_true", help="only the int8/binary variants (no fp32, no peer)")
+    ap.add_argument("--stop-at-target", action="store_true",
+                    help="zoopt runs stop once the test return reaches the target (the curve keeps its last value)")
     ap.add_argument("--no-peer", action="store_true")
     ap.add_argument("--out", default="runs/bench_rl")
     args = ap.parse_args(argv)
@@ -182,19 +188,19 @@ def main(argv=None) -> int:
         small, full, target, popsize, policy, hidden = ENVS[env_id]
         budget = args.budget or (full if args.full else small)
         test_every = max(1, budget // args.checkpoints)
-        variants = [(m, "none") for m in methods]
-        if env_id in QUANT_ENVS and not args.no_quant and "openai_es" in methods:
-            variants += [("openai_es", "int8"), ("openai_es", "binary")]
+        variants = [] if args.quant_only else [(m, "none") for m in methods]
+        if env_id in QUANT_ENVS and not args.no_quant:
+            variants += [(m, q) for m in args.quant_methods.split(",") if m in METHODS for q in ("int8", "binary")]
         results = {}
         print(f"\n=== {env_id}: budget {budget} env steps, popsize {popsize}, {policy} policy, "
               f"{args.seeds} seeds, target {target}")
         for method, quant in variants:
             label = f"zoopt {method}" + ("" if quant == "none" else f" {quant}")
             runs = [run_ours(env_id, method, budget, s, popsize, policy, hidden, quant, test_every,
-                             args.test_episodes, target) for s in range(args.seeds)]
+                             args.test_episodes, target, args.stop_at_target) for s in range(args.seeds)]
             results[label] = {"runs": runs}
             print(f"  {label}: done ({sum(r['seconds'] for r in runs):.0f} s)", flush=True)
-        if not args.no_peer:
+        if not args.no_peer and not args.quant_only:
             runs = [run_pgpe(env_id, budget, s, popsize, policy, hidden, test_every, args.test_episodes, target)
                     for s in range(args.seeds)]
             results["evotorch PGPE"] = {"runs": runs}

@@ -278,3 +278,16 @@ def test_every_method_trains_a_cartpole_policy(method):
     assert method in METHODS
     assert out["env_steps"] >= 1500 and out["generations"] >= 1
     assert all(np.isfinite(r["test_mean"]) and r["test_mean"] >= 8 for r in out["history"] if "test_mean" in r)
+
+
+def test_gif_of_an_episode(tmp_path):
+    from PIL import Image
+
+    from zoopt.commands.rl import write_gif
+
+    policy = Policy(PolicyConfig(4, 2))
+    saved = load_policy(save_policy(str(tmp_path / "p"), policy, torch.zeros(policy.dim)))
+    n = write_gif(saved, "CartPole-v1", str(tmp_path / "ep.gif"), max_frames=4)
+    assert n == 4
+    with Image.open(tmp_path / "ep.gif") as im:
+        assert im.size == (600, 400) and im.n_frames >= 2
