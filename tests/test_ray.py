@@ -48,7 +48,7 @@ class FaultOnce(Problem):
 
 
 class SlowInOneProcess(Problem):
-    """Logs which process evaluated each slice; the first process to claim ``slow`` sleeps 0.3 s per slice."""
+    """Logs which process evaluated each slice; the first process to claim ``slow`` sleeps 1 s per slice."""
 
     def __init__(self, inner, log_dir):
         self.inner, self.dim, self.log_dir = inner, inner.dim, str(log_dir)
@@ -65,7 +65,7 @@ class SlowInOneProcess(Problem):
         with open(os.path.join(self.log_dir, f"{os.getpid()}.log"), "a") as f:
             f.write("x")
         if slow:
-            time.sleep(0.3)
+            time.sleep(1.0)
         return self.inner.evaluate(spec, members)
 
 
@@ -153,15 +153,16 @@ def test_fast_actors_take_more_ranges(evaluator, tmp_path):
     evaluator(problem, spec)  # warm-up: both actors load the problem
     for log in tmp_path.glob("*.log"):
         log.unlink()
-    evaluator.chunk = 4
+    evaluator.chunk = 8
     try:
         assert torch.equal(evaluator(problem, spec), LocalEvaluator()(inner, spec))
     finally:
         evaluator.chunk = None
     slow_pid = (tmp_path / "slow").read_text()
     counts = {log.stem: len(log.read_text()) for log in tmp_path.glob("*.log")}
-    assert sum(counts.values()) == 16 and len(counts) == 2
-    assert counts[slow_pid] < 8 < max(counts.values())
+    assert sum(counts.values()) == 8 and len(counts) == 2
+    # the slow actor gets its 2 pipelined slices and maybe one more; the fast one takes the rest
+    assert counts[slow_pid] <= 3 and max(counts.values()) >= 5
 
 
 def test_a_failing_problem_raises_its_own_error(evaluator):
