@@ -12,14 +12,18 @@ Storage (all torch, integers in int32 where they index literals):
 
 An assignment is a bool tensor ``[n_vars]`` (True = the variable is true).
 
-Delta evaluation (:class:`VarClauseIndex`, :class:`BlockDelta`): a CSR index
-maps each variable to the clauses it occurs in. A candidate that changes a
-few variables re-checks only those clauses: given the current number of true
-literals per clause, a literal that flips breaks its clause when it was the
-only true one and makes it when the clause had none. ``BlockDelta`` does this
-for every candidate of a step at once, where each candidate rewrites one block
-of consecutive variables (PolyStep's 2-coordinate particles); clauses with
-two literals in the same block are re-evaluated exactly.
+Delta evaluation: a candidate that changes a few variables changes only the
+clauses that contain them. :class:`VarClauseIndex` is the CSR
+variable -> clause index; ``candidate_costs`` gathers each candidate's clauses
+through it and re-evaluates just those with the candidate's values. The
+PolyStep step (:class:`BlockDelta`) needs all ``P x V`` candidates at once,
+each rewriting one block of consecutive variables (the 2-coordinate
+particles): from the current true-literal count of every clause, one pass
+over the literals gives each variable's flip score (clauses it would break
+minus clauses it would make, weighted), a candidate's change is the sum of
+the scores of the variables it flips, and the rare clauses with two literals
+in one block are re-evaluated exactly. The full objective is computed once
+per step; everything is int32/int16/bool apart from the float64 weights.
 """
 from __future__ import annotations
 
