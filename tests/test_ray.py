@@ -165,6 +165,22 @@ def test_fast_actors_take_more_ranges(evaluator, tmp_path):
     assert counts[slow_pid] <= 3 and max(counts.values()) >= 5
 
 
+def test_gym_observation_statistics_and_env_steps_come_back(evaluator):
+    gym = pytest.importorskip("zoopt.problems.gym")
+    pytest.importorskip("gymnasium")
+    local_copy, ray_copy = (gym.GymProblem("CartPole-v1", episodes=2, seed=3) for _ in range(2))
+    es = zoopt.OpenAIES(local_copy.initial_point(), popsize=12, sigma=0.5, seed=1)
+    for _ in range(3):  # normalization statistics of each generation feed the next
+        spec = es.ask()
+        local = LocalEvaluator()(local_copy, spec)
+        assert torch.equal(evaluator(ray_copy, spec), local)
+        assert ray_copy.env_steps == local_copy.env_steps > 0
+        es.tell(local)
+    local_copy.fold(), ray_copy.fold()
+    assert local_copy.running.count == ray_copy.running.count > 0
+    np.testing.assert_array_equal(local_copy.running.mean, ray_copy.running.mean)
+
+
 def test_a_failing_problem_raises_its_own_error(evaluator):
     _, spec = gaussian_spec()
     with pytest.raises(ValueError, match="always fails"):

@@ -8,6 +8,7 @@ fetches it only when its key changes — once per problem, once per generation.
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 
 import numpy as np
 import torch
@@ -54,13 +55,22 @@ class EvaluationActor:
             self.payload_key = key
         return self.spec
 
-    def evaluate(self, problem_key: int, payload_key: int, payload_box: list, block) -> np.ndarray:
-        """Fitness of the members in ``block`` as float32."""
+    def evaluate(self, problem_key: int, payload_key: int, payload_box: list, block):
+        """Fitness of the members in ``block`` as float32; with a problem that keeps per-member
+        statistics (``stats()``, e.g. GymProblem), ``(fitness, those members' statistics)``."""
         if problem_key != self.problem_key:
             raise RuntimeError(f"actor holds problem {self.problem_key}, task wants {problem_key}")
         spec = self._spec(payload_key, payload_box)
-        fitness = self.problem.evaluate(spec, members_of(block))
-        return torch.as_tensor(fitness, dtype=torch.float32).detach().cpu().reshape(-1).numpy()
+        members = members_of(block)
+        fitness = self.problem.evaluate(spec, members)
+        fitness = torch.as_tensor(fitness, dtype=torch.float32).detach().cpu().reshape(-1).numpy()
+        if not callable(getattr(self.problem, "stats", None)):
+            return fitness
+        stats = self.problem.stats()
+        if isinstance(getattr(stats, "members", None), dict):  # only this block's members travel back
+            wanted = set(members.tolist())
+            stats = replace(stats, members={m: v for m, v in stats.members.items() if m in wanted})
+        return fitness, stats
 
     def noise_sum(self, payload_key: int, payload_box: list, block, weights: np.ndarray) -> np.ndarray:
         """``sum_i w_i s_i eps_i`` over the members in ``block`` for a Gaussian spec.

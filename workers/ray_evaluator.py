@@ -23,6 +23,13 @@ replaced; fitness is assembled by member index, so the result equals the
 fault-free run's. The call either returns every member's fitness or raises:
 nothing reaches the strategy half done.
 
+Problems that keep per-member statistics across generations (GymProblem's
+observation normalization and env-step count: ``share_stats(spec)``,
+``stats()``, ``merge_stats()``) are coordinated here: the driver copy's
+frozen statistics ride in the spec, each block's member statistics come back
+with its fitness and are merged into the driver copy in member order, so the
+statistics equal an in-process run's even when blocks were re-run.
+
 ES methods with very large populations can have actors reduce instead of the
 driver: after fitness is known (ranking needs all of it),
 ``weighted_noise_sum(spec, weights)`` returns ``sum_i w_i s_i eps_i`` with each
@@ -96,6 +103,7 @@ class RayEvaluator:
     """
 
     name = "ray"
+    merges_problem_stats = True  # problems with stats()/merge_stats() get their workers' statistics back
 
     def __init__(self, num_actors="max", *, num_gpus_per_actor=None, actor_config: dict | None = None,
                  address: str | None = None, num_cpus: int | None = None, threads_per_actor: int | None = None,
@@ -276,6 +284,9 @@ class RayEvaluator:
         if idx.numel() == 0:
             return torch.empty(0)
         self._use_problem(problem)
+        keeps_stats = callable(getattr(problem, "stats", None)) and callable(getattr(problem, "merge_stats", None))
+        if keeps_stats and callable(getattr(problem, "share_stats", None)):
+            problem.share_stats(spec)  # the driver copy's frozen statistics ride in spec.extras
         key, box = self._put_payload(spec)
         blocks = self._blocks(idx, self._block_size(problem, idx.numel()))
         problem_key = self._problem_key
@@ -284,6 +295,10 @@ class RayEvaluator:
             return actor.evaluate, (problem_key, key, box, block)
 
         parts = self._schedule(blocks, submit)
+        if parts and isinstance(parts[0], tuple):  # (fitness, per-member statistics) per block
+            parts, stats = [p[0] for p in parts], [p[1] for p in parts]
+            if keeps_stats:
+                problem.merge_stats(stats)
         fitness = torch.tensor(np.concatenate(parts), dtype=torch.float32)
         self.traffic["result_bytes"] += sum(p.nbytes for p in parts)
         if fitness.shape != (idx.numel(),):
