@@ -16,12 +16,19 @@ No per-member vector is ever sent, except that a ``PointsSpec`` (CMA-ES and
 other samplers that own their RNG) carries its candidates by construction:
 they travel in the per-generation payload, once.
 
-Ranges come from a queue and go to whichever actor is free, so fast actors
-take more. A range whose actor dies (or whose evaluation exceeds
-``timeout_s``, after which the actor is killed) is re-queued and the actor is
-replaced; fitness is assembled by member index, so the result equals the
-fault-free run's. The call either returns every member's fitness or raises:
-nothing reaches the strategy half done.
+Ranges come from a queue and go to whichever actor has room (``pipeline``
+tasks queued per actor), so fast actors take more. A range whose actor dies
+(or whose evaluation exceeds ``timeout_s``, after which the actor is killed)
+is re-queued and the actor is replaced; fitness is assembled by member index,
+so the result equals the fault-free run's. The call either returns every
+member's fitness or raises: nothing reaches the strategy half done.
+
+Same seed, same fitness as ``LocalEvaluator`` holds for problems whose
+per-member result does not depend on how members are batched (ranges are
+multiples of a problem's ``chunk``) or on torch's thread count (actors run
+with ``threads_per_actor`` threads, the driver with its own; a BLAS
+reduction may round differently). A problem with a ``device`` attribute gets
+the center on that device; a GPU actor sees its GPU as ``cuda:0``.
 
 Problems that keep per-member statistics across generations (GymProblem's
 observation normalization and env-step count: ``share_stats(spec)``,
