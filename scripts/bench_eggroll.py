@@ -362,7 +362,7 @@ def main(argv=None):
     p.add_argument("--full", action="store_true", help="paper-sized run (GPU): N up to 4096, more evaluations")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (1 is steadier on a shared machine)")
     p.add_argument("--parts", default="throughput,torcheggroll,mnist,cartpole,convergence")
-    p.add_argument("--reps", type=int, default=3)
+    p.add_argument("--reps", type=int, default=5)
     p.add_argument("--out", default="runs/bench_eggroll")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)

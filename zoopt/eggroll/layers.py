@@ -29,7 +29,7 @@ def _member_major(out: torch.Tensor, pop: Population, lead) -> torch.Tensor:
 
 
 def _correction_terms(pop: Population, lhs_rows: torch.Tensor, weight, bias, weight_id, bias_id, weight_mode,
-                      member_bias: bool, rows: int, dtype):
+                      member_bias: bool, rows: int, dtype, center_bias: bool = False):
     """Operands ``(L [G, g*rows, k], R [G, m, k])`` of the members' correction ``L @ R^T``, or None.
 
     Rank ``r`` columns carry ``s sigma/sqrt(r) (x B) A^T``; a member's bias noise
@@ -61,9 +61,15 @@ def _correction_terms(pop: Population, lhs_rows: torch.Tensor, weight, bias, wei
         right.append(eps.unsqueeze(-1))
     if not left:
         return None
+    if center_bias:   # the center bias as one more column (ones x b)
+        key = ("ones", rows, dtype)
+        if key not in pop._cache:
+            pop._cache[key] = torch.ones(G, g * rows, 1, dtype=dtype, device=lhs_rows.device)
+        left.append(pop._cache[key])
+        right.append(bias.view(1, m, 1).expand(G, m, 1).to(dtype))
     if len(left) == 1:
         return left[0], right[0]
-    key = ("right", weight_id, bias_id)   # a recurrent layer reuses it at every step
+    key = ("right", weight_id, bias_id, center_bias)   # a recurrent layer reuses it at every step
     if key not in pop._cache:
         pop._cache[key] = torch.cat(right, -1)
     return torch.cat(left, -1), pop._cache[key]
@@ -94,10 +100,15 @@ def population_linear(pop: Population, x: torch.Tensor, weight: torch.Tensor, bi
     pop.rows_per_member(x, "input")
     rows = x.numel() // (pop.n * n)
     x3 = x.reshape(G, g * rows, n)
-    out = F.linear(x3, weight, bias)                                   # one GEMM over every row
-    terms = _correction_terms(pop, x3, weight, bias, weight_id, bias_id, weight_mode, member_bias, rows, x3.dtype)
-    if terms is not None:
-        out.baddbmm_(terms[0], terms[1].transpose(1, 2))
+    if weight_mode != "lowrank" and not member_bias:
+        out = F.linear(x3, weight, bias)                               # one GEMM over every row
+    else:
+        # one batched product writes every member's correction and the center bias, then the one
+        # shared GEMM accumulates onto it (beta = 1): the output is written once and read once
+        left, right = _correction_terms(pop, x3, weight, bias, weight_id, bias_id, weight_mode, member_bias, rows,
+                                        x3.dtype, center_bias=bias is not None)
+        out = torch.bmm(left, right.transpose(1, 2))
+        out.view(-1, m).addmm_(x3.view(-1, n), weight.t())
     pop.expanded = True
     return out.reshape(*x.shape[:-1], m)
 
