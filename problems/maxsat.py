@@ -493,7 +493,10 @@ def write_dimacs(instance: MaxSATInstance, target, fmt: Optional[str] = None) ->
         top_s = _fmt_weight(top) + " "
         prefixes = [top_s if hard[c] else _fmt_weight(w[c]) + " " for c in range(m)]
     k = instance.uniform_k
-    if k is not None:
+    if k is not None and fmt == "cnf":   # one join over all tokens; "0" only ever ends a clause
+        tokens = np.concatenate([lits.reshape(m, k), np.zeros((m, 1), np.int64)], axis=1).ravel()
+        out.append((" ".join(map(str, tokens.tolist())) + " ").replace(" 0 ", " 0\n") if m else "")
+    elif k is not None:
         rows = lits.reshape(m, k).tolist()
         out.extend(p + " ".join(map(str, r)) + " 0\n" for p, r in zip(prefixes, rows))
     else:
