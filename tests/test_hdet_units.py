@@ -213,3 +213,52 @@ def test_argument_checks():
     with pytest.raises(ValueError, match="step\\(loss\\)"):
         sched.step(), sched.step()
     assert math.isfinite(sched.get_last_lr()[0])
+
+
+def _ensemble(**kw):
+    from zoopt.hdet.ensemble import EnsembleSchedule
+    from zoopt.hdet.schedule import OneCycleCurve
+
+    curve = OneCycleCurve(1, 0.1, total_steps=100)
+    return EnsembleSchedule(4, curve, **{"spread": 0.2, "sync_every": 5, "auto_lr_start": 0, **kw}), curve
+
+
+@pytest.mark.parametrize("sign", [-1.0, 0.0, 1.0])
+def test_onecycle_mode_scales_the_running_curve(sign):
+    ens, curve = _ensemble(schedule_after_start="onecycle", temperature=0.01)
+    for _ in range(6):
+        for _ in range(5):
+            used = ens.lrs()
+            ens.advance()
+        losses = sign * used[:, 0] / used[:, 0].mean()         # sign<0: higher LR, lower loss
+        ens.controller_sync(used, losses)
+        assert ens.lrs().mean(0)[0].item() == pytest.approx(ens.scale[0].item() * curve.lr(ens.t)[0], rel=1e-12)
+    k = ens.scale[0].item()
+    assert (k > 1.05) if sign < 0 else (k < 0.95) if sign > 0 else k == pytest.approx(1.0)
+
+
+def test_spread_inert_until_first_sync_in_code_mode():
+    ens, curve = _ensemble(spread_before_auto_lr=False, auto_lr_start=10)
+    assert torch.equal(ens.lrs()[:, 0], torch.full((4,), curve.lr(0)[0], dtype=torch.float64))
+    paper, _ = _ensemble(auto_lr_start=10)
+    assert len(set(paper.lrs()[:, 0].tolist())) == 4                 # paper: fan-out from step 0
+    for _ in range(10):
+        used = ens.lrs()
+        ens.advance()
+    ens.controller_sync(used, torch.zeros(4))
+    assert len(set(ens.lrs()[:, 0].tolist())) == 4
+
+
+@pytest.mark.parametrize("auto_lr,average", [(False, True), (True, False)])
+def test_switches_are_independent(auto_lr, average):
+    model = hc.make_model()
+    opt = hc.make_optimizer(model, "adam")
+    sim = HDETSimulation(model, opt, 2, mode="copies", **{**hc.HDET_KW, "auto_lr": auto_lr, "average": average})
+    perms = set()
+    for t in range(hc.TOTAL):
+        sim.step([hc.batch(t, r) for r in range(2)], hc.loss_fn)
+        perms.add(tuple(sim.ensemble.perms.flatten().tolist()))
+        a, b = (torch.cat([p.reshape(-1) for p in sim.replica_parameters(r)]) for r in range(2))
+        if (t + 1) % hc.T == 0:
+            assert torch.equal(a, b) == average
+    assert (len(perms) > 1) == auto_lr and (len(sim.history) > 0) == auto_lr

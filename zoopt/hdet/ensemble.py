@@ -70,7 +70,7 @@ class EnsembleSchedule:
                              "(with 'onecycle' the curve itself decays)")
         # The floor also bounds the base from below: momentum remembers Δ from when the base was
         # larger, and (1−γ)η̄ + λv could otherwise cross zero.
-        lower = torch.tensor(self.lr_floor, dtype=torch.float64) if self.lr_floor is not None else 0.0
+        lower = torch.tensor(self.lr_floor, dtype=torch.float64) if self.lr_floor is not None else 1e-3  # κ ≥ 1e-3
         self.controller = ZeroOrderController(self.n_groups, temperature, meta_lr, momentum, decay, lower=lower)
         self.held = None            # controller-owned base LR [G] (float64), once active
         self.scale = torch.ones(self.n_groups, dtype=torch.float64)        # 'onecycle' mode correction
@@ -134,11 +134,15 @@ class EnsembleSchedule:
     def controller_sync(self, lrs_used: torch.Tensor, train_losses: torch.Tensor,
                         heldout_losses: torch.Tensor | None = None) -> dict:
         """Auto-LR step at a sync (call only when :meth:`controller_active`), then redraw π."""
-        new_base = self.controller.update(train_losses, lrs_used)
         if self.schedule_after_start == "controller":
+            new_base = self.controller.update(train_losses, lrs_used)
             self.held = new_base
         else:
-            self.scale = self.scale * new_base / lrs_used.to(torch.float64).mean(0)
+            # The curve keeps running, so the controller works on the dimensionless scale κ
+            # (values κ·ρ): its momentum then stays meaningful while the curve moves.
+            curve = torch.tensor(self.curve.lr(self.t - 1), dtype=torch.float64)
+            self.scale = self.controller.update(train_losses, lrs_used.to(torch.float64) / curve)
+            new_base = self.scale * torch.tensor(self.curve.lr(self.t), dtype=torch.float64)
         self.perms = self.stream.draw(self.n_groups)
         self.spread_on = True
         for h in self.hyperparams:

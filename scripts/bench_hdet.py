@@ -1,0 +1,296 @@
+"""HDET vs plain data-parallel OneCycleLR on a byte-level LM of Python's stdlib.
+
+(1) Stability/quality: plain data-parallel OneCycleLR (torch's own scheduler) at 5 peak LRs,
+    each with the same compute as one HDET run (N micro-batches per step, gradients averaged),
+    vs one HDET run (exact single-process simulation of N replicas) whose OneCycle peak is the
+    highest of the 5. Reports the final validation loss and whether each run diverged
+    (non-finite, or no better than the unigram predictor).
+(2) Overhead: per-step wall time of HDET vs plain data-parallel (DDP over 2 gloo processes)
+    at T = 100 and T = 1000, measured in interleaved blocks, plus a component estimate
+    (per-step bookkeeping + per-sync cost / T) that is less sensitive to a shared machine.
+
+    python scripts/bench_hdet.py            # CPU size (minutes)
+    python scripts/bench_hdet.py --full     # longer runs, bigger model
+Writes runs/bench_hdet/results.json and bench_hdet.png.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import pathlib
+import socket
+import statistics
+import sys
+import time
+import warnings
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+import hdet_charlm as lm  # noqa: E402
+
+from zoopt import HDETOneCycleLR, HDETSimulation  # noqa: E402
+
+warnings.filterwarnings("ignore", message=".*lr_scheduler.*")
+
+
+def parse(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--steps", type=int, default=200)
+    ap.add_argument("--replicas", type=int, default=4)
+    ap.add_argument("--batch", type=int, default=8, help="sequences per replica per step")
+    ap.add_argument("--context", type=int, default=64)
+    ap.add_argument("--d-model", type=int, default=64)
+    ap.add_argument("--layers", type=int, default=2)
+    ap.add_argument("--lrs", type=float, nargs=5, default=[1e-2, 3e-2, 1e-1, 3e-1, 1.0])
+    ap.add_argument("--spread", type=float, default=0.5)
+    ap.add_argument("--sync-every", type=int, default=10)
+    ap.add_argument("--auto-lr-start", type=int, default=None, help="default: 10%% of the steps")
+    ap.add_argument("--temperature", type=float, default=0.1)
+    ap.add_argument("--momentum", type=float, default=0.9, help="β of the LR controller")
+    ap.add_argument("--floor", type=float, default=1e-2, help="LR floor as a fraction of the peak ('controller')")
+    ap.add_argument("--meta-lr", type=float, default=0.5, help="λ of the LR controller")
+    ap.add_argument("--schedule-after-start", default="controller", choices=["controller", "onecycle"])
+    ap.add_argument("--overhead-steps", type=int, default=1000, help="steps per round (>= 1000: one T=1000 sync)")
+    ap.add_argument("--overhead-rounds", type=int, default=2, help="rounds of --overhead-steps steps")
+    ap.add_argument("--skip", choices=["sweep", "overhead"], default=None)
+    ap.add_argument("--only-hdet", action="store_true", help="skip the plain sweep (for tuning HDET)")
+    ap.add_argument("--no-ablations", dest="ablations", action="store_false",
+                    help="skip the HDET runs without controller / without spread")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--out", default="runs/bench_hdet")
+    ap.add_argument("--full", action="store_true")
+    args = ap.parse_args(argv)
+    if args.full:
+        args.steps, args.batch, args.context, args.d_model, args.layers = 3000, 32, 128, 256, 4
+        args.sync_every, args.overhead_rounds = 50, 3
+    if args.auto_lr_start is None:
+        args.auto_lr_start = args.steps // 10
+    return args
+
+
+# ----------------------------------------------------------------------------- (1) sweep
+def build(args):
+    torch.manual_seed(args.seed)
+    model = lm.CharTransformer(args.d_model, args.layers, 4, args.context)
+    return model, torch.optim.Adam(lm.param_groups(model), lr=1e-3)
+
+
+def run_plain(args, data, peak):
+    """Data-parallel OneCycleLR: the N replicas' gradients averaged, one update (torch's scheduler)."""
+    train, val = data
+    model, opt = build(args)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=peak, total_steps=args.steps)
+    curve = []
+    for step in range(args.steps):
+        opt.zero_grad(set_to_none=True)
+        total = 0.0
+        for r in range(args.replicas):
+            loss = lm.lm_loss(model, lm.sample_batch(train, args.batch, args.context, args.seed, step, r))
+            (loss / args.replicas).backward()
+            total += loss.item() / args.replicas
+        opt.step()
+        sched.step()
+        curve.append(total)
+        if not math.isfinite(total):
+            break
+    return model, curve, None
+
+
+def run_hdet(args, data, peak, **override):
+    train, val = data
+    model, opt = build(args)
+    floor = None if args.schedule_after_start == "onecycle" else peak * args.floor
+    options = {"spread": args.spread, "auto_lr": True, **override}
+    sim = HDETSimulation(model, opt, args.replicas, max_lr=peak, total_steps=args.steps, spread=options["spread"],
+                         auto_lr=options["auto_lr"],
+                         sync_every=args.sync_every, auto_lr_start=args.auto_lr_start,
+                         temperature=args.temperature, schedule_after_start=args.schedule_after_start,
+                         momentum=args.momentum, meta_lr=args.meta_lr,
+                         lr_floor=floor)
+    curve, base = [], []
+    for step in range(args.steps):
+        base.append(sim.ensemble.base_lr()[0].item())
+        losses = sim.step([lm.sample_batch(train, args.batch, args.context, args.seed, step, r)
+                           for r in range(args.replicas)], lm.lm_loss)
+        curve.append(float(losses.mean()))
+        if not torch.isfinite(losses).any():
+            break
+    return model, curve, base
+
+
+def sweep(args):
+    data = lm.split(lm.stdlib_corpus())
+    unigram = lm.unigram_entropy(data[0])
+    runs = []
+    top = max(args.lrs)
+    jobs = [("plain", lr, {}) for lr in args.lrs if not args.only_hdet] + [("hdet", top, {})]
+    if args.ablations:
+        # where does HDET's behaviour come from? no controller (spread + averaging on the plain
+        # curve), and no spread (the controller's hold-and-decay schedule with Δ = 0)
+        jobs += [("hdet-no-autolr", top, {"auto_lr": False}), ("hdet-no-spread", top, {"spread": 0.0})]
+    for kind, peak, override in jobs:
+        t0 = time.perf_counter()
+        model, curve, base = run_plain(args, data, peak) if kind == "plain" else run_hdet(args, data, peak, **override)
+        val = lm.evaluate(model, data[1], args.context, batches=16)
+        diverged = (not math.isfinite(val)) or val >= unigram or len(curve) < args.steps
+        runs.append({"kind": kind, "peak_lr": peak, "final_val": val, "diverged": diverged, "train": curve,
+                     "base_lr": base, "seconds": time.perf_counter() - t0})
+        print(f"{kind:14s} peak {peak:.0e}: final val {val:.4f} nats/byte  diverged={diverged}  "
+              f"({runs[-1]['seconds']:.0f}s)", flush=True)
+    if args.only_hdet:
+        return runs, {r["kind"]: {"final_val": r["final_val"], "diverged": r["diverged"]} for r in runs}
+    plain_ok = [r["final_val"] for r in runs if r["kind"] == "plain" and not r["diverged"]]
+    hdet = next(r for r in runs if r["kind"] == "hdet")
+    summary = {"unigram_entropy": unigram, "best_plain_val": min(plain_ok) if plain_ok else None,
+               "hdet_val": hdet["final_val"], "hdet_diverged": hdet["diverged"],
+               "plain_at_hdet_peak_diverged": next(r for r in runs if r["kind"] == "plain" and r["peak_lr"] == top)[
+                   "diverged"],
+               "ablations": {r["kind"]: {"final_val": r["final_val"], "diverged": r["diverged"]}
+                             for r in runs if r["kind"].startswith("hdet-")},
+               "hdet_minus_best_plain": hdet["final_val"] - min(plain_ok) if plain_ok else None}
+    print(json.dumps(summary), flush=True)
+    return runs, summary
+
+
+# ----------------------------------------------------------------------------- (2) overhead
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _overhead_worker(rank, world, port, args, out_file):
+    """Plain DDP + OneCycleLR and HDET at T=100 and T=1000, stepped in lockstep: every step runs
+    one step of each configuration (in rotating order), so a shared machine's load drifts hit
+    all three alike. Each configuration has its own model, DDP wrapper and optimizer."""
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    train, _ = lm.split(lm.stdlib_corpus(300_000))
+    steps = args.overhead_steps * args.overhead_rounds
+    configs = {"plain": None, "T100": 100, "T1000": 1000}
+    runs = {}
+    for name, T in configs.items():
+        model, opt = build(args)
+        opt = torch.optim.Adam(lm.param_groups(model), lr=1e-4)
+        ddp = torch.nn.parallel.DistributedDataParallel(model)
+        if T is None:
+            sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=1e-4, total_steps=steps + 1)
+        else:
+            sched = HDETOneCycleLR(opt, max_lr=1e-4, total_steps=steps + 1, spread=0.1, sync_every=T,
+                                   auto_lr_start=0, lr_floor=1e-4 / 25 / 10)
+        runs[name] = (ddp, opt, sched, T)
+    seconds = {k: 0.0 for k in configs}
+    names = list(configs)
+    for step in range(steps):
+        batch = lm.sample_batch(train, 4, 32, 0, step, rank)
+        for name in names[step % 3:] + names[:step % 3]:
+            ddp, opt, sched, T = runs[name]
+            dist.barrier()
+            t0 = time.perf_counter()
+            opt.zero_grad(set_to_none=True)
+            loss = lm.lm_loss(ddp, batch)
+            loss.backward()
+            opt.step()
+            sched.step() if T is None else sched.step(loss)
+            seconds[name] += time.perf_counter() - t0
+    times = {k: [v / steps] for k, v in seconds.items()}
+    model, opt = build(args)
+    # component estimate: bookkeeping per step and the cost of one sync, timed in isolation
+    opt = torch.optim.Adam(lm.param_groups(model), lr=1e-4)
+    sched = HDETOneCycleLR(opt, max_lr=1e-4, total_steps=10 ** 7, spread=0.1, sync_every=10 ** 6, auto_lr_start=0,
+                           lr_floor=1e-4 / 25 / 10)
+    one = torch.tensor(1.0)
+    t0 = time.perf_counter()
+    for _ in range(2000):
+        sched.step(one)
+    bookkeeping = (time.perf_counter() - t0) / 2000
+    plain_sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=1e-4, total_steps=10 ** 7)
+    t0 = time.perf_counter()
+    for _ in range(2000):
+        plain_sched.step()
+    plain_bookkeeping = (time.perf_counter() - t0) / 2000
+    sync_sched = HDETOneCycleLR(opt, max_lr=1e-4, total_steps=10 ** 6, spread=0.1, sync_every=1, auto_lr_start=0,
+                                lr_floor=1e-4 / 25 / 10)
+    dist.barrier()
+    t0 = time.perf_counter()
+    for _ in range(50):
+        sync_sched.step(one)
+    sync_cost = (time.perf_counter() - t0) / 50
+    if rank == 0:
+        json.dump({"block_seconds_per_step": times, "bookkeeping_s": bookkeeping,
+                   "plain_bookkeeping_s": plain_bookkeeping, "sync_s": sync_cost,
+                   "params": sum(p.numel() for p in model.parameters())}, open(out_file, "w"))
+    dist.destroy_process_group()
+
+
+def overhead(args, out):
+    out_file = str(out / "overhead_raw.json")
+    build(args)                                      # parent imports torch's lazy modules before fork
+    mp.start_processes(_overhead_worker, args=(2, _free_port(), args, out_file), nprocs=2, join=True,
+                       start_method="fork")
+    raw = json.load(open(out_file))
+    med = {k: statistics.mean(v) for k, v in raw["block_seconds_per_step"].items()}
+    step = med["plain"]
+    extra = raw["bookkeeping_s"] - raw["plain_bookkeeping_s"]
+    result = {"mean_s_per_step": med,
+              "measured_overhead_T100": med["T100"] / step - 1, "measured_overhead_T1000": med["T1000"] / step - 1,
+              "estimated_overhead_T100": (extra + raw["sync_s"] / 100) / step,
+              "estimated_overhead_T1000": (extra + raw["sync_s"] / 1000) / step, **raw}
+    print(json.dumps({k: v for k, v in result.items() if k.startswith(("measured", "estimated", "mean"))}), flush=True)
+    return result
+
+
+def plot(runs, out):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(12, 4.5))
+    for r in runs:
+        k = min(10, len(r["train"]))
+        sm = torch.nn.functional.avg_pool1d(torch.tensor(r["train"])[None, None], k, 1).flatten()
+        style = "k-" if r["kind"] == "hdet" else ":" if r["kind"].startswith("hdet-") else "-"
+        ax.plot(range(k - 1, len(r["train"])), sm, style, lw=1.6 if r["kind"] == "hdet" else 1,
+                label=f"{r['kind']} peak {r['peak_lr']:.0e} (val {r['final_val']:.3f})")
+    ax.set(xlabel="step", ylabel="train loss (avg 10)", title="plain DP OneCycle sweep vs HDET", ylim=(None, 6))
+    ax.legend(fontsize=7)
+    hdet = next(r for r in runs if r["kind"] == "hdet")
+    ax2.plot(hdet["base_lr"], "k-", label="HDET base LR")
+    plain_top = torch.optim.lr_scheduler.OneCycleLR(
+        torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0), max_lr=hdet["peak_lr"],
+        total_steps=len(hdet["base_lr"]) or 1)
+    curve = []
+    for _ in range(len(hdet["base_lr"])):
+        curve.append(plain_top.get_last_lr()[0])
+        plain_top.optimizer.step()
+        plain_top.step()
+    ax2.plot(curve, "r--", label="plain OneCycle at the same peak")
+    ax2.set(xlabel="step", ylabel="LR", yscale="log", title="learning rate")
+    ax2.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out / "bench_hdet.png", dpi=110)
+
+
+def main(argv=None):
+    args = parse(argv)
+    torch.set_num_threads(args.threads)
+    out = pathlib.Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    results = {"args": vars(args), "note": "timings taken on a shared 2-core machine under contention"}
+    if args.skip != "sweep":
+        runs, summary = sweep(args)
+        results.update(sweep=runs, sweep_summary=summary)
+        plot(runs, out)
+    if args.skip != "overhead":
+        results["overhead"] = overhead(args, out)
+    (out / "results.json").write_text(json.dumps(results, indent=1))
+
+
+if __name__ == "__main__":
+    main()
