@@ -3,10 +3,14 @@
 
 Layout of one Philox call: key = the 64-bit run seed; counter =
 ``(element // 4, tensor_id, generation, pair)``. Its four 32-bit words become
-four uniforms ``((x >> 8) + 0.5) / 2**24`` (exact in float32 on every device)
-and, by Box-Muller on lanes (0, 1) and (2, 3), four standard normals for
-elements ``4b .. 4b+3``. Any slice of pairs or elements therefore regenerates
-exactly the values of the whole.
+four uniforms ``((x >> 8) + 0.5) / 2**24`` and, by Box-Muller on lanes (0, 1)
+and (2, 3), four standard normals for elements ``4b .. 4b+3``. Any slice of
+pairs or elements therefore regenerates exactly the values of the whole.
+
+The numpy reference computes the uniforms and normals in float64. The torch
+and compiled paths work in float32, where ``(x >> 8) + 0.5`` rounds to even
+once ``x >> 8 >= 2**23``; their normals equal the reference to float32
+rounding (about 3e-5 at worst), and the raw bits are identical everywhere.
 
 Keying by tensor id is what keeps same-shaped layers independent: public ES
 code that reseeds one stream per tensor correlates them.

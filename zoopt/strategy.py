@@ -8,6 +8,7 @@ non-finite policy, best-so-far tracking and the generation counter.
 """
 from __future__ import annotations
 
+import copy
 import math
 from typing import Optional
 
@@ -157,7 +158,8 @@ class CenterOptimizerMixin:
         self._center.grad = None
 
     def _center_state(self) -> dict:
-        return {"center": self._center.data.clone(), "optimizer": self.optimizer.state_dict()}
+        # deep copy: torch's optimizer state_dict references the live state tensors
+        return {"center": self._center.data.clone(), "optimizer": copy.deepcopy(self.optimizer.state_dict())}
 
     def _load_center(self, state: dict) -> None:
         self._center.data.copy_(state["center"])
