@@ -104,6 +104,17 @@ def test_structured_evaluation_equals_naive_forward_on_the_zoo(name):
     assert fast.std() > 0
 
 
+@pytest.mark.parametrize("polytope", ["simplex", "cube"])
+def test_structured_evaluation_equals_naive_for_other_polytopes(polytope):
+    model = make_model("staircase", in_features=10, num_classes=3, hidden=4, seed=0).double()
+    opt = zoopt.PolyStep(model, rank=1, polytope=polytope, particle_dim=3, seed=2, epsilon=0.5, step_radius=2.0,
+                         probe_radius=4.0)
+    x, y = torch.randn(8, 10, dtype=torch.float64), torch.randint(0, 3, (8,))
+    prop = opt.stepper.propose()
+    fast = opt.evaluator.losses(x, y, LOSS, prop.offsets, opt.theta())
+    assert torch.allclose(fast, _naive_costs(opt, model, x, y, prop.offsets, opt.theta()), rtol=0, atol=1e-12)
+
+
 def test_sequential_plain_and_unstructured_models_match_naive():
     torch.manual_seed(1)
     x = torch.randn(7, 10, dtype=torch.float64)

@@ -22,7 +22,9 @@ Routes, per particle block, for a block whose first touched stage is ``s``:
   map's column reshaped, sparse or dense), a candidate's pre-activation is the
   center's plus its offset times those responses (a small batched GEMM),
   and stages ``s+1..`` run once on all candidates stacked into the batch with
-  the shared weights. No per-candidate weight is ever built.
+  the shared weights (``torch.compile``-d when the stack is large and
+  ``compile="auto"``; the SNN's 15-step LIF loop becomes one fused kernel).
+  No per-candidate weight is ever built.
 * ``generic``: stages ``0..s-1`` run once; stages ``s..`` run under
   ``torch.vmap`` with per-candidate copies of only the touched tensors.
 * models without stages: the whole model under ``torch.vmap`` with
@@ -43,8 +45,9 @@ from torch.func import functional_call
 
 from .subspace import HybridSubspace, LayerMap
 
-ACTIVATION_BYTES = 256 * 2 ** 20   # per chunk: stacked candidate activations
+ACTIVATION_BYTES = 512 * 2 ** 20   # per chunk: stacked candidate activations
 PARAM_BYTES = 256 * 2 ** 20        # per chunk: per-candidate copies of touched tensors
+COMPILE_MIN_ROWS = 2 ** 20         # compile="auto": torch.compile a tail that runs this many rows per step
 
 
 def _dense_forward():
@@ -110,7 +113,7 @@ class BlockEvaluator:
     """Costs of all candidates of a PolyStep proposal on one batch (see the module docstring)."""
 
     def __init__(self, model: nn.Module, subspace: HybridSubspace, particle_dim: int, structured: bool = True,
-                 activation_bytes: int = ACTIVATION_BYTES, param_bytes: int = PARAM_BYTES):
+                 activation_bytes: int = ACTIVATION_BYTES, param_bytes: int = PARAM_BYTES, compile="auto"):
         self.model, self.subspace, self.d = model, subspace, int(particle_dim)
         self.activation_bytes, self.param_bytes = int(activation_bytes), int(param_bytes)
         self.params = {n: p for n, p in model.named_parameters() if p.requires_grad}
@@ -127,6 +130,10 @@ class BlockEvaluator:
                         self.owner[ids[id(p)]] = (k, local)
             if set(self.owner) != set(self.names):
                 self.stages = None  # a parameter outside every stage: no staged evaluation
+        if compile not in (True, False, "auto"):
+            raise ValueError(f"compile must be True, False or 'auto', got {compile!r}")
+        self.compile = compile
+        self._compiled: Dict[int, object] = {}
         self.input_mode: Optional[str] = None   # "flatten", "plain" once verified, "model" when stages don't compose
         self.num_particles = math.ceil(subspace.dim / self.d)
         self.routes = [self._route(i) for i in range(self.num_particles)]
@@ -165,6 +172,9 @@ class BlockEvaluator:
                 h = module(h)
                 acts.append(h)
             if reference is None or (h.shape == reference.shape and torch.equal(h, reference)):
+                if self.input_mode is None:  # the linear route stacks candidates along a 2-D input's batch
+                    self.routes = [Route("generic", r.stage, r.layers) if r.kind == "linear" and acts[r.stage].dim() != 2
+                                   else r for r in self.routes]
                 self.input_mode = mode
                 return acts
         self.input_mode = "model"
@@ -239,13 +249,57 @@ class BlockEvaluator:
             else:  # bias coordinate c moves output unit c
                 units = self.subspace.identity_units(layer, a - layer.coord_start, b - layer.coord_start)
                 resp[torch.arange(a - lo, b - lo), :, units] = 1.0
-        change = torch.bmm(deltas.to(pre.dtype), resp.reshape(n_part, d, rows * d_out))  # [np, nc, B' d_out]
-        stacked = post(pre.reshape(1, rows * d_out) + change.reshape(n_part * n_cand, rows * d_out))
-        h = stacked.reshape(n_part * n_cand * a_in.shape[0], *a_in.shape[1:-1], d_out)
-        for _, module in self.stages[route.stage + 1:]:
-            h = module(h)
-        h = h.reshape(n_part * n_cand, -1, *h.shape[1:])
+        # orthoplex: vertex v + V/2 is -vertex v, so half the candidates are the other half negated
+        half = n_cand // 2
+        antipodal = n_cand % 2 == 0 and torch.equal(deltas[:, half:], -deltas[:, :half])
+        used = deltas[:, :half] if antipodal else deltas
+        change = torch.bmm(used.to(pre.dtype), resp.reshape(n_part, d, rows * d_out))  # [np, m, B' d_out]
+        tail, pad_to = self._tail(route.stage, post, d_out, n_part, rows, n_cand, antipodal)
+        if pad_to > n_part:  # keep one shape per compiled tail
+            change = torch.cat([change, change.new_zeros(pad_to - n_part, *change.shape[1:])])
+        h = tail(change, pre.reshape(1, 1, rows * d_out))
+        h = h.reshape(-1, rows, *h.shape[1:])[:n_part * n_cand]
         return self._per_candidate_loss(loss_fn, h, y).reshape(n_part, n_cand)
+
+    def _tail(self, stage: int, post, d_out: int, n_part: int, rows: int, n_cand: int, antipodal: bool):
+        """``(change [np, m, B' d_out], pre) -> output`` of the stages after ``stage`` for all stacked candidates.
+
+        With ``antipodal`` the change holds the first half of each particle's
+        candidates and the second half is ``pre - change``. Compiled when the
+        tail runs at least ``COMPILE_MIN_ROWS`` rows per step (``compile="auto"``).
+        """
+        modules = [m for _, m in self.stages[stage + 1:]]
+
+        def tail(change, pre):
+            if antipodal:
+                stacked = torch.stack([pre + change, pre - change], dim=1)  # [np, 2, m, B' d_out]
+            else:
+                stacked = pre + change
+            h = post(stacked).reshape(-1, d_out)
+            for module in modules:
+                h = module(h)
+            return h
+
+        key = (stage, antipodal)
+        entry = self._compiled.get(key)
+        if entry is False:
+            return tail, n_part
+        if entry is None:  # the first chunk of a group is its largest: compile for that size
+            per_step = sum(1 for r in self.routes if r.kind == "linear" and r.stage == stage) * n_cand * rows
+            if not (self.compile is True or (self.compile == "auto" and per_step >= COMPILE_MIN_ROWS)):
+                return tail, n_part
+            entry = self._compiled[key] = (torch.compile(tail, dynamic=False), n_part)
+        compiled, size = entry
+        if n_part > size or 2 * n_part < size:
+            return tail, n_part  # a small last chunk runs eager rather than padded
+
+        def guarded(change, pre):
+            try:
+                return compiled(change, pre)
+            except Exception:  # no working compiler here: eager from now on
+                self._compiled[key] = False
+                return tail(change, pre)
+        return guarded, size
 
     @staticmethod
     def _per_candidate_loss(loss_fn, outputs: torch.Tensor, y) -> torch.Tensor:

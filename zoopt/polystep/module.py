@@ -33,14 +33,16 @@ class PolyStep:
     subspace, sinkhorn in full space), ``epsilon``, ``step_radius``,
     ``probe_radius``, ``num_probes``, ``probe_jitter``, ``scale_cost``,
     ``momentum``, ``momentum_warmup``, ``biased_rotation``, ``amortize``.
-    ``structured=False`` forces the generic vmap evaluation.
+    ``structured=False`` forces the generic vmap evaluation; ``compile``
+    (True, False or "auto": only for large candidate stacks) lets
+    ``torch.compile`` fuse the stages after a perturbed affine stage.
     """
 
     def __init__(self, model: nn.Module, *, rank: Optional[int] = 4, max_subspace_dim: Optional[int] = None,
                  subspace_seed: int = 0, particle_dim: Optional[int] = None, solver: Optional[str] = None,
                  epsilon=0.1, step_radius=1.0, probe_radius=2.0, absorb_interval: int = 0, seed: int = 0,
                  structured: bool = True, activation_bytes: Optional[int] = None,
-                 sparse_threshold_bytes: int = SPARSE_THRESHOLD_BYTES, **options):
+                 sparse_threshold_bytes: int = SPARSE_THRESHOLD_BYTES, compile="auto", **options):
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         if isinstance(absorb_interval, bool) or not isinstance(absorb_interval, int) or absorb_interval < 0:
@@ -63,7 +65,8 @@ class PolyStep:
                                        step_radius=step_radius, probe_radius=probe_radius, seed=seed, dtype=dtype,
                                        **options)
         self.absorb_interval = absorb_interval
-        kwargs = {} if activation_bytes is None else {"activation_bytes": activation_bytes}
+        kwargs = {"compile": compile} if activation_bytes is None else {"activation_bytes": activation_bytes,
+                                                                        "compile": compile}
         self.evaluator = BlockEvaluator(model, self.subspace, particle_dim, structured=structured, **kwargs)
         self.theta_base = torch.cat([p.detach().reshape(-1) for p in params]).clone()
         self.evaluations = 0  # candidate forward passes (the one center forward per step is not counted)
