@@ -222,10 +222,12 @@ def _overhead_worker(rank, world, port, args, out_file):
     for _ in range(50):
         sync_sched.step(one)
     sync_cost = (time.perf_counter() - t0) / 50
+    dist.barrier()                     # no rank may leave while another still has collectives in flight
     if rank == 0:
         json.dump({"block_seconds_per_step": times, "bookkeeping_s": bookkeeping,
                    "plain_bookkeeping_s": plain_bookkeeping, "sync_s": sync_cost,
                    "params": sum(p.numel() for p in model.parameters())}, open(out_file, "w"))
+    dist.barrier()
     dist.destroy_process_group()
 
 
@@ -258,7 +260,8 @@ def plot(runs, out):
         style = "k-" if r["kind"] == "hdet" else ":" if r["kind"].startswith("hdet-") else "-"
         ax.plot(range(k - 1, len(r["train"])), sm, style, lw=1.6 if r["kind"] == "hdet" else 1,
                 label=f"{r['kind']} peak {r['peak_lr']:.0e} (val {r['final_val']:.3f})")
-    ax.set(xlabel="step", ylabel="train loss (avg 10)", title="plain DP OneCycle sweep vs HDET", ylim=(None, 6))
+    low = min(min(r["train"]) for r in runs if r["train"])
+    ax.set(xlabel="step", ylabel="train loss (avg 10)", title="plain DP OneCycle sweep vs HDET", ylim=(low - 0.2, 6))
     ax.legend(fontsize=7)
     hdet = next(r for r in runs if r["kind"] == "hdet")
     ax2.plot(hdet["base_lr"], "k-", label="HDET base LR")
