@@ -99,8 +99,10 @@ def run_one(method, name, data, args, *, time_limit=None, epochs=None):
     return summary
 
 
-def bench_model(name, data, args, log):
-    results = {}
+def bench_model(name, data, args, log, results=None, save=lambda: None):
+    """Run every method on model ``name``; ``results`` is filled in place and ``save()`` runs after each
+    method, so an interrupted benchmark keeps what it finished."""
+    results = {} if results is None else results
     missing = {"polystep": None if polystep_class() is not None else "zoopt.PolyStep is not in this checkout yet",
                "polystep_official": official_available()}
     for method in ("polystep", "polystep_official"):
@@ -116,6 +118,7 @@ def bench_model(name, data, args, log):
             traceback.print_exc()
             results[method] = {"error": f"{type(exc).__name__}: {exc}"}
         log(line(method, results[method]))
+        save()
     budget = args.es_time
     for ref in ("polystep", "polystep_official"):
         if budget is None and "train_time_s" in results.get(ref, {}):
@@ -132,6 +135,7 @@ def bench_model(name, data, args, log):
             except RuntimeError as exc:  # e.g. zoopt.EGGROLL not in this checkout
                 results[method] = {"error": str(exc)}
         log(line(method, results[method]))
+        save()
     if "adam" in args.methods:
         results["adam"] = run_one("adam", name, data, args)
         log(line("adam", results["adam"]))
@@ -206,9 +210,13 @@ def main(argv=None) -> int:
     all_results, t0 = {}, time.time()
     for name in args.models:
         print(f"{name}  (paper, best test: PolyStep {PAPER[name]:.2f})", flush=True)
-        all_results[name] = bench_model(name, data, args, lambda s: print(s, flush=True))
-        with open(os.path.join(args.out, "results.json"), "w") as fh:
-            json.dump({"config": config, "results": all_results}, fh, indent=1)
+        def save():
+            with open(os.path.join(args.out, "results.json"), "w") as fh:
+                json.dump({"config": config, "results": all_results}, fh, indent=1)
+
+        all_results[name] = {}
+        bench_model(name, data, args, lambda s: print(s, flush=True), all_results[name], save)
+        save()
     plot(all_results, os.path.join(args.out, "results.png"))
     print(f"done in {time.time() - t0:.0f} s -> {args.out}/results.json, results.png")
     return 0

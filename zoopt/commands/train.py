@@ -270,7 +270,9 @@ def make_stepper(method: str, model, *, model_name: str, total_steps: int, seed:
         else:
             from zoopt.spsa import SPSA
             strategy = SPSA(x0, seed=seed, iterations=max(1, total_steps), **opts)
-        return StrategyStepper(model, strategy)
+        stepper = StrategyStepper(model, strategy)
+        stepper.name = method
+        return stepper
     raise ValueError(f"method must be one of {METHOD_NAMES}, got {method!r}")
 
 
