@@ -11,9 +11,9 @@ How a generation is evaluated:
   member's actions with one batched matmul per layer. EGGROLL's low-rank
   specs never materialize members: one GEMM with the center's weights plus
   each member's rank-r correction (its population-aware linear); other
-  specs go through ``spec.points(members)``. Sub-envs whose episode ended
-  keep stepping (vector envs autoreset) until the wave's last episode ends;
-  those steps are ignored.
+  specs go through ``spec.points(members)``. A sync vector env steps only
+  the sub-envs whose episode is still running; an async one steps all of
+  them (finished ones autoreset) and the extra steps are ignored.
 * **Observation normalization** (``obs_norm=True``). A generation uses the
   statistics frozen at its start. The observations seen while evaluating it
   are accumulated per member; when the first evaluation of a later
@@ -225,6 +225,21 @@ class Rollouts:
             self._envs[n] = gym.make_vec(self.env_id, num_envs=n, vectorization_mode=self.vector, **self.env_kwargs)
         return self._envs[n]
 
+    def _step(self, env, actions: np.ndarray, live: np.ndarray, obs):
+        """One step. A sync vector env steps only the sub-envs whose episode is still running (their
+        trajectories are the same as under the vector env's own step, which would also step and
+        autoreset the finished ones); an async one steps all of them."""
+        if self.vector != "sync":
+            obs, reward, terminated, truncated, _ = env.step(actions)
+            return obs, reward, terminated, truncated
+        obs = np.array(obs, dtype=np.float64, copy=True)
+        reward = np.zeros(len(live))
+        done = ~live
+        for i in np.flatnonzero(live):
+            o, r, term, trunc, _ = env.envs[i].step(actions[i])
+            obs[i], reward[i], done[i] = o, r, term or trunc
+        return obs, reward, done, np.zeros(len(live), dtype=bool)
+
     def _wave_members(self, m: int, k: int) -> int:
         cap = self.num_envs or (m * k if self.vector == "sync" else (os.cpu_count() or 1))
         return max(1, min(m, cap // k))
@@ -271,7 +286,7 @@ class Rollouts:
             a = self.policy.head(forward(o)).reshape(n, -1 if continuous else 1).numpy()
             if not continuous:
                 a = a.reshape(n)
-            obs, reward, terminated, truncated, _ = env.step(a)
+            obs, reward, terminated, truncated = self._step(env, a, live, obs)
             r = np.asarray(reward, dtype=np.float64) - self.alive_penalty
             if continuous and self.action_penalty:
                 r = r - self.action_penalty * np.square(a.astype(np.float64)).sum(axis=1)
