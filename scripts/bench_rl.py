@@ -210,19 +210,22 @@ def main(argv=None) -> int:
             entry["table"] = summarize(runs, args.checkpoints, budget)
             entry["final_mean"], entry["final_std"] = entry["table"][-1][1], entry["table"][-1][2]
             entry["reached_at"] = [r["reached_at"] for r in runs]
+            entry["best_test"] = [max(v for _, v in r["curve"]) for r in runs]
             entry["steps_per_s"] = float(np.mean([r["env_steps"] / r["train_seconds"] for r in runs]))
         print(f"  {'env steps':>10} " + " ".join(f"{label:>22}" for label in results))
         for i in range(0, args.checkpoints, max(1, args.checkpoints // 5)):
             row = [results[label]["table"][i] for label in results]
             print(f"  {row[0][0]:>10} " + " ".join(f"{m:>13.1f} +- {s:>5.1f}" for _, m, s in row))
         peer = results.get("evotorch PGPE")
-        print(f"  {'method':<24} {'final return':>18} {'steps to target (per seed)':>34} {'env steps/s':>12}")
+        print(f"  {'method':<24} {'final return':>18} {'best test (per seed)':>26} {'steps to target (per seed)':>30} "
+              f"{'env steps/s':>12}")
         for label, entry in results.items():
             ratio = ""
             if peer is not None and label != "evotorch PGPE":
                 ratio = f"  ({entry['steps_per_s'] / peer['steps_per_s']:.1f}x PGPE's steps/s)"
-            print(f"  {label:<24} {entry['final_mean']:>9.1f} +- {entry['final_std']:>5.1f} "
-                  f"{str(entry['reached_at']):>34} {entry['steps_per_s']:>12.0f}{ratio}")
+            best = "[" + ", ".join(f"{b:.1f}" for b in entry["best_test"]) + "]"
+            print(f"  {label:<24} {entry['final_mean']:>9.1f} +- {entry['final_std']:>5.1f} {best:>26} "
+                  f"{str(entry['reached_at']):>30} {entry['steps_per_s']:>12.0f}{ratio}")
         png = os.path.join(args.out, f"{env_id}.png")
         plot(results, png, env_id)
         all_results["envs"][env_id] = {"budget": budget, "target": target, "popsize": popsize, "policy": policy,
