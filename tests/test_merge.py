@@ -275,3 +275,19 @@ def test_exhausted_retries_are_reported(service):
     with pytest.raises(MergeServiceError, match="after 3 attempts"):
         client.evaluate_many(s["session"], [([1] * 4, [0.1] * 4)])
     service["injector"].plan = {}
+
+
+def test_whitebox_references_follow_their_definitions(tmp_path):
+    from zoopt.merge.whitebox import dare, task_vectors, ties
+
+    pool = make_pool(str(tmp_path), n=3)
+    m = pool.modules[0]
+    tv = task_vectors(pool, m)
+    assert torch.allclose(tv[1], pool.scaling * pool.B[m][1] @ pool.A[m][1], atol=1e-6)
+    full = ties(pool, density=1.0)[m]
+    sign = torch.sign(tv.sum(0))
+    agree = torch.sign(tv) == sign
+    assert torch.allclose(full, (tv * agree).sum(0) / agree.sum(0).clamp(min=1), atol=1e-6)
+    assert torch.allclose(dare(pool, drop=0.0, scale=0.5)[m], 0.5 * tv.sum(0), atol=1e-5)
+    trimmed = ties(pool, density=0.1)[m]
+    assert (trimmed != 0).float().mean() < (full != 0).float().mean()

@@ -25,6 +25,9 @@ class ByteTokenizer:
     def encode(self, text: str) -> list:
         return list(text.encode("utf-8"))
 
+    def decode(self, ids: list) -> str:
+        return bytes(i for i in ids if i < 256).decode("utf-8", errors="replace")
+
 
 class HFTokenizer:
     def __init__(self, tok):
@@ -34,6 +37,9 @@ class HFTokenizer:
 
     def encode(self, text: str) -> list:
         return self.tok(text, add_special_tokens=False)["input_ids"]
+
+    def decode(self, ids: list) -> str:
+        return self.tok.decode(ids, skip_special_tokens=True)
 
 
 def load_base(base_dir: str, dtype=torch.float32):
@@ -124,3 +130,55 @@ class SlotModel:
                 nll = -pred.gather(1, target[:, None]).mean()
                 totals[j] += float(nll)
         return [float(totals[j]) / len(examples) for j, (_, examples) in enumerate(jobs)]
+
+
+class DenseDelta:
+    """Context manager adding dense updates ``{module: dW}`` to the base weights
+    of a SlotModel (for white-box references), removed on exit."""
+
+    def __init__(self, slot_model: SlotModel, deltas: dict):
+        self.layers = [(slot_model.layers[m].base_layer.weight, d) for m, d in deltas.items()]
+
+    def __enter__(self):
+        with torch.no_grad():
+            for weight, delta in self.layers:
+                weight.add_(delta.to(weight.dtype))
+        return self
+
+    def __exit__(self, *exc):
+        with torch.no_grad():
+            for weight, delta in self.layers:
+                weight.sub_(delta.to(weight.dtype))
+
+
+@torch.no_grad()
+def greedy_answers(slot_model: SlotModel, tokenizer, prompts: list, slot: int, max_new_tokens: int = 8,
+                   batch: int = 16) -> list:
+    """Greedy continuations of ``prompts`` through slot ``slot`` (stops at eos)."""
+    model = slot_model.model
+    out = []
+    for start in range(0, len(prompts), batch):
+        encoded = [tokenizer.encode(p) for p in prompts[start:start + batch]]
+        width = max(map(len, encoded))
+        ids = torch.full((len(encoded), width), tokenizer.pad_token_id, dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        for i, e in enumerate(encoded):  # left padding keeps every prompt's end aligned
+            ids[i, width - len(e):], mask[i, width - len(e):] = torch.tensor(e), 1
+        finished = torch.zeros(len(encoded), dtype=torch.bool)
+        new = []
+        for _ in range(max_new_tokens):
+            position = (mask.cumsum(1) - 1).clamp(min=0)
+            logits = model(input_ids=ids, attention_mask=mask, position_ids=position,
+                           adapter_names=[f"slot{slot}"] * len(encoded)).logits[:, -1]
+            token = logits.argmax(-1)
+            token = torch.where(finished, torch.full_like(token, tokenizer.pad_token_id), token)
+            finished |= token == tokenizer.eos_token_id
+            new.append(token)
+            ids = torch.cat([ids, token[:, None]], 1)
+            mask = torch.cat([mask, (~finished | (token == tokenizer.eos_token_id)).long()[:, None]], 1)
+            if finished.all():
+                break
+        for row in torch.stack(new, 1).tolist():
+            row = row[:row.index(tokenizer.eos_token_id)] if tokenizer.eos_token_id in row else row
+            out.append(tokenizer.decode(row) if hasattr(tokenizer, "decode") else row)
+    return out
