@@ -96,11 +96,13 @@ def main(argv=None):
         ours_model.to(device)
         off_model.to(device)
         ours, n_ours = time_ours(ours_model, rank, polytope, x, y, steps)
+        print(f"{case:12s} ours: {[round(t, 2) for t in ours]} s/step ({n_ours} candidates)", flush=True)
         row = {"case": case, "model": model_name, "rank": rank, "polytope": polytope, "batch": args.batch,
                "candidates_per_step": n_ours, "ours_s_per_step": sum(ours) / len(ours), "ours_times": ours,
                "official_reference_s_per_step": reference, "device": device, "threads": args.threads}
         if not args.skip_official:
             off, _ = time_official(off_model, rank, polytope, x, y, steps)
+            print(f"{case:12s} official: {[round(t, 2) for t in off]} s/step", flush=True)
             row.update(official_s_per_step=sum(off) / len(off), official_times=off,
                        ratio=row["ours_s_per_step"] / (sum(off) / len(off)))
         results.append(row)
