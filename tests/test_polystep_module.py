@@ -24,8 +24,10 @@ def test_subspace_dimensions_match_the_paper_runs():
         dims[rank] = sub.dim
         assert [l.kind for l in sub.layers] == ["sparse", "identity", "sparse", "identity"]
     assert dims == {4: 4338, 8: 8538}
-    # the default 1 GB rule: fc1 at rank 4 (100352 x 3648 floats) is sparse, fc2 dense
-    assert HybridSubspace.__init__.__defaults__ is not None
+    # the default 1 GB rule: fc1 at rank 4 (100352 x 3648 floats = 1.46 GB) is sparse, fc2 dense
+    default = HybridSubspace(snn, rank=4)
+    assert [l.kind for l in default.layers] == ["sparse", "identity", "dense", "identity"]
+    assert default.layers[2].basis.shape == (552, 1280)
     capped = HybridSubspace(snn, rank=4, max_subspace_dim=300, sparse_threshold_bytes=0)
     assert capped.layers[1].n_coords == 128 and capped.layers[3].n_coords == 10  # biases stay whole
     assert abs(capped.dim - 300) <= 2

@@ -149,10 +149,6 @@ class HybridSubspace:
         layer.values = (signs / math.sqrt(nnz)).to(self.dtype)
 
     # -- basic maps ----------------------------------------------------------------------------
-    @property
-    def padded_dim(self) -> int:
-        return self.dim
-
     def layer_of(self, coord: int) -> int:
         return int(self._coord_layer[coord])
 
