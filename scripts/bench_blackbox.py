@@ -15,6 +15,11 @@ import json
 import os
 import time
 
+# one BLAS/OpenMP thread for every method (set before numpy loads): on a shared
+# 2-core machine, spinning thread pools distort wall times by 10x or more
+for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_var, "1")
+
 import numpy as np
 import torch
 
@@ -98,7 +103,7 @@ def main():
     args = ap.parse_args()
     if args.full:
         args.budget, args.seeds = 100_000, 5
-    torch.set_num_threads(2)
+    torch.set_num_threads(1)
     zoopt.OpenAIES(dim=2)  # warm-up: torch.optim's first construction imports torch._dynamo (seconds)
     os.makedirs(args.out, exist_ok=True)
     methods = peers(args)
