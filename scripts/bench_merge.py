@@ -86,8 +86,8 @@ def run_target(target, slot_model, tokenizer, pool, args):
     t, fit.queries = time.perf_counter(), 0
     singles = fit([([1.0] * n, list(np.eye(n)[i])) for i in range(n)])
     best = int(np.argmin(singles))
-    record(f"best single ({pool.names[best]})", [1.0] * n, list(np.eye(n)[best]), singles[best], n,
-           time.perf_counter() - t)
+    record("best single", [1.0] * n, list(np.eye(n)[best]), singles[best], n, time.perf_counter() - t)
+    rows["best single"]["adapter"] = pool.names[best]
 
     searches = {"Evo-Merging": dict(),
                 "LoRAHub (beta from 0)": dict(stages=("beta",), beta_init=0.0),
@@ -146,7 +146,11 @@ def main():
     pool = load_pool(os.path.join(args.pool, "adapters"))
     print(f"pool: {pool.size} adapters {pool.names}")
     slot_model = SlotModel(model, pool.config, slots=args.popsize)
-    results = {t: run_target(t, slot_model, tokenizer, pool, args) for t in args.targets}
+    results = {}
+    for target in args.targets:
+        results[target] = run_target(target, slot_model, tokenizer, pool, args)
+        with open(os.path.join(args.out, "results.json"), "w") as fh:  # saved as each target ends
+            json.dump({"args": vars(args), "per_target": results}, fh, indent=1)
     methods = list(next(iter(results.values())))
     print(f"\naverage over {len(results)} held-out targets ({args.val} val / {args.test} test examples, "
           f"budget {args.budget} queries)")
