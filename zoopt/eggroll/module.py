@@ -32,7 +32,7 @@ from .noise import full_noise, lowrank_factors, noise_epoch
 from .population import Population, PopulationHolder
 from .strategy import check_int, sigma_at
 from .swap import plan_parameters, swap_layers, unswap
-from .update import SHAPINGS, lowrank_gradient, pair_weights, shape_fitness, vector_gradient
+from .update import check_shaping, lowrank_gradient, pair_weights, shape_fitness, vector_gradient
 
 
 def per_member_loss(loss_fn, out: torch.Tensor, target, n: int) -> torch.Tensor:
@@ -77,12 +77,7 @@ class EGGROLL:
         self.noise_reuse = check_int("noise_reuse", noise_reuse, 0)
         self.noise_chunk = check_int("noise_chunk", noise_chunk, 1)
         self.chunk = None if chunk is None else check_int("chunk", chunk, 1)
-        if fitness_shaping not in SHAPINGS:
-            raise ValueError(f"fitness_shaping must be one of {SHAPINGS}, got {fitness_shaping!r}")
-        self.fitness_shaping = fitness_shaping
-        self.group_size = check_int("group_size", group_size, 0)
-        if self.group_size and (self.group_size % 2 or self.popsize % self.group_size):
-            raise ValueError(f"group_size must be even and divide popsize={self.popsize}, got {group_size}")
+        self.fitness_shaping, self.group_size = check_shaping(fitness_shaping, group_size, self.popsize)
         if not 0 < sigma_decay <= 1:
             raise ValueError(f"sigma_decay must be in (0, 1], got {sigma_decay}")
         for name, fn in (("sigma_schedule", sigma_schedule), ("lr_schedule", lr_schedule)):

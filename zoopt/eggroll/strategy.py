@@ -16,7 +16,7 @@ from zoopt.strategy import CenterOptimizerMixin, Strategy, check_positive
 
 from .noise import noise_epoch
 from .spec import LowRankSpec, make_blocks
-from .update import SHAPINGS, lowrank_gradient, pair_weights, shape_fitness, vector_gradient
+from .update import check_shaping, lowrank_gradient, pair_weights, shape_fitness, vector_gradient
 
 
 def check_int(name: str, value, low: int) -> int:
@@ -58,12 +58,7 @@ class EGGROLLES(CenterOptimizerMixin, Strategy):
         if sigma_schedule is not None and not callable(sigma_schedule):
             raise TypeError("sigma_schedule must be a callable generation -> sigma")
         self.sigma_decay, self.sigma_schedule = float(sigma_decay), sigma_schedule
-        if fitness_shaping not in SHAPINGS:
-            raise ValueError(f"fitness_shaping must be one of {SHAPINGS}, got {fitness_shaping!r}")
-        self.fitness_shaping = fitness_shaping
-        self.group_size = check_int("group_size", group_size, 0)
-        if self.group_size and (self.group_size % 2 or self.popsize % self.group_size):
-            raise ValueError(f"group_size must be even and divide popsize={self.popsize}, got {group_size}")
+        self.fitness_shaping, self.group_size = check_shaping(fitness_shaping, group_size, self.popsize)
         self._init_center(x0, optimizer, lr, weight_decay, optimizer_kwargs)
         self.blocks = make_blocks(shapes if shapes is not None else [(self.center.numel(),)],
                                   self.center.numel(), vectors=vectors)

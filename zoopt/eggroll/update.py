@@ -23,6 +23,17 @@ from .noise import full_noise, lowrank_factors
 SHAPINGS = ("zscore", "centered_rank", "raw")
 
 
+def check_shaping(fitness_shaping: str, group_size: int, popsize: int) -> tuple:
+    """Validated ``(fitness_shaping, group_size)``; groups must be even and divide popsize."""
+    if fitness_shaping not in SHAPINGS:
+        raise ValueError(f"fitness_shaping must be one of {SHAPINGS}, got {fitness_shaping!r}")
+    if isinstance(group_size, bool) or not isinstance(group_size, int) or group_size < 0:
+        raise ValueError(f"group_size must be an int >= 0, got {group_size!r}")
+    if group_size and (group_size % 2 or popsize % group_size):
+        raise ValueError(f"group_size must be even and divide popsize={popsize}, got {group_size}")
+    return fitness_shaping, group_size
+
+
 def shape_fitness(fitness: torch.Tensor, method: str = "zscore", group_size: int = 0, eps: float = 1e-5) -> torch.Tensor:
     """EGGROLL's shaping. ``zscore``: ``(R - mean) / sqrt(var + eps)`` (eps inside the root);
     with ``group_size = G > 0``, each group of G consecutive members subtracts its own mean and
