@@ -69,8 +69,14 @@ def _cache_dir() -> str:
     return os.environ.get("ZOOPT_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "zoopt")
 
 
+# Portable flags: no -march=native, since the cached library may be loaded on
+# another CPU that shares the home folder (an illegal instruction would kill
+# the process); the flags are part of the cache key.
+CFLAGS = ["-O3", "-fPIC", "-shared"]
+
+
 def _build() -> ctypes.CDLL | None:
-    digest = hashlib.sha256(SOURCE.encode()).hexdigest()[:16]
+    digest = hashlib.sha256((SOURCE + " ".join(CFLAGS)).encode()).hexdigest()[:16]
     folder = _cache_dir()
     path = os.path.join(folder, f"philox_{digest}.so")
     if not os.path.exists(path):
@@ -82,7 +88,7 @@ def _build() -> ctypes.CDLL | None:
                 fh.write(SOURCE)
             tmp_so = os.path.join(tmp, "philox.so")
             # no -ffast-math: the float32 steps must round exactly as torch does
-            subprocess.run([cc, "-O3", "-march=native", "-fPIC", "-shared", src, "-o", tmp_so],
+            subprocess.run([cc, *CFLAGS, src, "-o", tmp_so],
                            check=True, capture_output=True, timeout=120)
             os.replace(tmp_so, path)  # atomic: concurrent builders never see a torn file
     lib = ctypes.CDLL(path)
