@@ -45,7 +45,9 @@ from torch.func import functional_call
 
 from .subspace import HybridSubspace, LayerMap
 
-ACTIVATION_BYTES = 512 * 2 ** 20   # per chunk: stacked candidate activations
+# Per chunk: stacked candidate activations. On CPU a chunk that stays in cache beats a big one
+# (MLP rank 8, batch 512: 2.2 s per step at 16 MiB against 5.3 s at 512 MiB); a GPU wants big launches.
+ACTIVATION_BYTES = {"cpu": 16 * 2 ** 20, "cuda": 512 * 2 ** 20}
 PARAM_BYTES = 256 * 2 ** 20        # per chunk: per-candidate copies of touched tensors
 COMPILE_MIN_ROWS = 2 ** 20         # compile="auto": torch.compile a tail that runs this many rows per step
 
@@ -113,9 +115,11 @@ class BlockEvaluator:
     """Costs of all candidates of a PolyStep proposal on one batch (see the module docstring)."""
 
     def __init__(self, model: nn.Module, subspace: HybridSubspace, particle_dim: int, structured: bool = True,
-                 activation_bytes: int = ACTIVATION_BYTES, param_bytes: int = PARAM_BYTES, compile="auto"):
+                 activation_bytes: Optional[int] = None, param_bytes: int = PARAM_BYTES, compile="auto"):
         self.model, self.subspace, self.d = model, subspace, int(particle_dim)
-        self.activation_bytes, self.param_bytes = int(activation_bytes), int(param_bytes)
+        # None: by the device of the batch (ACTIVATION_BYTES)
+        self.activation_bytes = None if activation_bytes is None else int(activation_bytes)
+        self.param_bytes = int(param_bytes)
         self.params = {n: p for n, p in model.named_parameters() if p.requires_grad}
         self.names = [l.name for l in subspace.layers]
         if list(self.params) != self.names:
@@ -216,7 +220,10 @@ class BlockEvaluator:
             floats = sum(a.numel() for a in acts[route.stage + 1:]) / max(1, batch)
         else:
             floats = x[0].numel() * 8  # unknown internals: a rough guess
-        cand = self.activation_bytes / max(1.0, floats * batch * 4)
+        budget = self.activation_bytes
+        if budget is None:
+            budget = ACTIVATION_BYTES["cpu" if x.device.type == "cpu" else "cuda"]
+        cand = budget / max(1.0, floats * batch * 4)
         if route.kind != "linear":
             touched = sum(self.subspace.layers[l].numel for l in route.layers)
             cand = min(cand, self.param_bytes / (touched * 4))

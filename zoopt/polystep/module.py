@@ -65,9 +65,8 @@ class PolyStep:
                                        step_radius=step_radius, probe_radius=probe_radius, seed=seed, dtype=dtype,
                                        **options)
         self.absorb_interval = absorb_interval
-        kwargs = {"compile": compile} if activation_bytes is None else {"activation_bytes": activation_bytes,
-                                                                        "compile": compile}
-        self.evaluator = BlockEvaluator(model, self.subspace, particle_dim, structured=structured, **kwargs)
+        self.evaluator = BlockEvaluator(model, self.subspace, particle_dim, structured=structured,
+                                        activation_bytes=activation_bytes, compile=compile)
         self.theta_base = torch.cat([p.detach().reshape(-1) for p in params]).clone()
         self.evaluations = 0  # candidate forward passes (the one center forward per step is not counted)
         self.last_stats: dict = {}
