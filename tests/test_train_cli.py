@@ -37,7 +37,46 @@ def test_cli_tiny_adam_run_writes_metrics_checkpoint_and_plot(tmp_path, digits):
     model.load_state_dict(state["model"])
     acc = float((model(digits["x_test"]).argmax(-1) == digits["y_test"]).float().mean())
     assert acc == pytest.approx(records[-1]["test_acc"])
-    assert state["method"] == "adam" and "state" in state["optimizer"]
+    assert state["method"] == "adam" and "state" in state["optimizer"]["adam"]
+
+
+@pytest.mark.parametrize("method,extra", [("polystep", ["--rank", "1"]), ("openai_es", ["--popsize", "8"]),
+                                          ("sep_cma_es", ["--popsize", "8"]), ("adam", ["--lr", "0.01"]),
+                                          ("eggroll", ["--popsize", "8"])])
+def test_resume_continues_exactly_where_an_uninterrupted_run_would_be(tmp_path, digits, method, extra):
+    def run(out, epochs, *flags):
+        assert cli(["train", "--model", "mlp", "--method", method, "--data", "digits", "--epochs", str(epochs),
+                    "--batch-size", "256", "--limit-train", "768", "--out", str(out), "--quiet", *extra,
+                    *flags]) == 0
+        records = [json.loads(line) for line in open(out / "metrics.jsonl")]
+        return records, torch.load(out / "checkpoint.pt", weights_only=False)["model"]
+
+    straight, w_straight = run(tmp_path / "a", 3)
+    run(tmp_path / "b", 1)
+    resumed, w_resumed = run(tmp_path / "b", 3, "--resume")
+    keys = ("epoch", "step", "forward_passes", "train_loss", "val_acc", "test_acc")
+    assert [[r[k] for k in keys] for r in resumed] == [[r[k] for k in keys] for r in straight]
+    for name in w_straight:
+        assert torch.equal(w_straight[name], w_resumed[name]), name
+    summary = json.load(open(tmp_path / "b" / "summary.json"))
+    assert summary["steps"] == straight[-1]["step"] and summary["epochs_run"] == 3
+
+
+def test_resume_errors_are_clear(tmp_path):
+    out = str(tmp_path / "r")
+    with pytest.raises(SystemExit, match="no checkpoint"):
+        cli(["train", "--model", "mlp", "--method", "adam", "--data", "digits", "--epochs", "1", "--out", out,
+             "--quiet", "--resume"])
+    assert cli(["train", "--model", "mlp", "--method", "adam", "--data", "digits", "--epochs", "1",
+                "--batch-size", "256", "--out", out, "--quiet"]) == 0
+    with pytest.raises(SystemExit, match="from method 'adam', not 'openai_es'"):
+        cli(["train", "--model", "mlp", "--method", "openai_es", "--data", "digits", "--epochs", "2", "--out", out,
+             "--quiet", "--resume"])
+    # a finished run resumes to the same summary, without another step
+    before = json.load(open(os.path.join(out, "summary.json")))
+    assert cli(["train", "--model", "mlp", "--method", "adam", "--data", "digits", "--epochs", "1",
+                "--batch-size", "256", "--out", out, "--quiet", "--resume"]) == 0
+    assert json.load(open(os.path.join(out, "summary.json"))) == before
 
 
 @pytest.mark.skipif(polystep_class() is None, reason="zoopt.PolyStep not in this checkout yet")

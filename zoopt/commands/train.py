@@ -86,8 +86,13 @@ class Stepper:
     def step(self, x, y) -> float:
         raise NotImplementedError
 
-    def state_dict(self) -> dict:
-        return {}
+    def state_dict(self) -> dict | None:
+        """Everything the next step depends on besides the model's weights (for ``--resume``);
+        None when the method cannot resume."""
+        return None
+
+    def load_state_dict(self, state: dict) -> None:
+        raise ValueError(f"method {self.name!r} cannot resume from a checkpoint")
 
 
 class OursPolyStep(Stepper):
@@ -118,6 +123,9 @@ class OursPolyStep(Stepper):
 
     def state_dict(self):
         return self.opt.state_dict()
+
+    def load_state_dict(self, state):
+        self.opt.load_state_dict(state)
 
 
 class OfficialPolyStep(Stepper):
@@ -187,7 +195,14 @@ class StrategyStepper(Stepper):
         return float(fitness.mean())
 
     def state_dict(self):
-        return self.strategy.state_dict()
+        return {"strategy": self.strategy.state_dict(), "forward_passes": self.forward_passes}
+
+    def load_state_dict(self, state):
+        from zoopt.problems import load_flat
+
+        self.strategy.load_state_dict(state["strategy"])
+        self.forward_passes = int(state["forward_passes"])
+        load_flat(self.model, self.strategy.center)
 
 
 class AdamStepper(Stepper):
@@ -215,7 +230,12 @@ class AdamStepper(Stepper):
         return float(loss.detach())
 
     def state_dict(self):
-        return self.opt.state_dict()
+        return {"adam": self.opt.state_dict(), "twin": self.twin.state_dict(), "forward_passes": self.forward_passes}
+
+    def load_state_dict(self, state):
+        self.twin.load_state_dict(state["twin"])
+        self.opt.load_state_dict(state["adam"])
+        self.forward_passes = int(state["forward_passes"])
 
 
 class EggrollStepper(Stepper):
@@ -235,6 +255,13 @@ class EggrollStepper(Stepper):
         loss = self.opt.step((x, y), self.loss_fn)
         self.forward_passes += int(getattr(self.opt, "popsize", 0))
         return float(loss)
+
+    def state_dict(self):
+        return {"eggroll": self.opt.state_dict(), "forward_passes": self.forward_passes}
+
+    def load_state_dict(self, state):
+        self.opt.load_state_dict(state["eggroll"])
+        self.forward_passes = int(state["forward_passes"])
 
 
 ES_DEFAULTS = {  # polystep.md §4.1 baselines
@@ -286,8 +313,15 @@ def accuracy(model, x, y, chunk: int = 2048) -> float:
 
 
 def fit(stepper: Stepper, data: dict, *, epochs: int, batch_size: int, seed: int = 0,
-        time_limit: float | None = None, out: str | None = None, progress: bool = False, label: str = "") -> dict:
+        time_limit: float | None = None, out: str | None = None, progress: bool = False, label: str = "",
+        resume: dict | None = None) -> dict:
     """Train for ``epochs`` (or until ``time_limit`` seconds of stepping), scoring every epoch.
+
+    ``resume`` is a checkpoint written by a previous call (``checkpoint.pt``):
+    the model, the method's state and the epoch records are restored and
+    training goes on from the next epoch. Epoch ``e`` shuffles with a
+    generator seeded from ``(seed, e)``, so a resumed run takes the same
+    steps as an uninterrupted one.
 
     Returns a summary: best epoch by validation accuracy with its test
     accuracy, the last epoch's accuracies, forward passes, steps, training
@@ -305,11 +339,15 @@ def fit(stepper: Stepper, data: dict, *, epochs: int, batch_size: int, seed: int
     per_epoch = max(1, len(x) // batch_size)
     logger = JsonlLogger(os.path.join(out, "metrics.jsonl") if out else None)
     records, steps, train_time, best = [], 0, 0.0, None
-    bar = tqdm(total=None if time_limit else epochs * per_epoch, disable=not progress, unit="step",
+    if resume is not None:
+        records, steps, train_time, best = _restore(stepper, resume)
+        for rec in records:  # the log restarts with the epochs the checkpoint holds
+            logger.log(rec)
+    bar = tqdm(total=None if time_limit else epochs * per_epoch, initial=steps, disable=not progress, unit="step",
                desc=label or stepper.name, dynamic_ncols=True)
     out_of_time = False
     try:
-        for epoch in range(epochs):
+        for epoch in range(len(records), epochs):
             order = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
             losses = []
             for k in range(per_epoch):
@@ -338,7 +376,7 @@ def fit(stepper: Stepper, data: dict, *, epochs: int, batch_size: int, seed: int
                 if out:
                     torch.save(stepper.model.state_dict(), os.path.join(out, "best.pt"))
             if out:
-                _save_checkpoint(out, stepper, rec)
+                _save_checkpoint(out, stepper, records, best, train_time)
             if out_of_time:
                 break
     finally:
@@ -358,12 +396,26 @@ def fit(stepper: Stepper, data: dict, *, epochs: int, batch_size: int, seed: int
     return summary
 
 
-def _save_checkpoint(out: str, stepper: Stepper, record: dict) -> None:
+def _save_checkpoint(out: str, stepper: Stepper, records: list, best: dict, train_time: float) -> None:
     path = os.path.join(out, "checkpoint.pt")
     state = {"model": stepper.model.state_dict(), "optimizer": stepper.state_dict(), "method": stepper.name,
-             "record": record}
+             "records": records, "best": best, "train_time_s": train_time}
     torch.save(state, path + ".tmp")
-    os.replace(path + ".tmp", path)
+    os.replace(path + ".tmp", path)  # atomic: a crash mid-save keeps the previous checkpoint
+
+
+def _restore(stepper: Stepper, checkpoint: dict):
+    """Load a ``checkpoint.pt`` into ``stepper``: ``(records, steps, train_time, best)``."""
+    if checkpoint.get("method") != stepper.name:
+        raise ValueError(f"resume: the checkpoint is from method {checkpoint.get('method')!r}, not {stepper.name!r}")
+    if "records" not in checkpoint:
+        raise ValueError("resume: the checkpoint has no epoch records (written by an older zoopt)")
+    if checkpoint["optimizer"] is None:
+        raise ValueError(f"resume: method {stepper.name!r} cannot resume from a checkpoint")
+    stepper.model.load_state_dict(checkpoint["model"])
+    stepper.load_state_dict(checkpoint["optimizer"])
+    records = list(checkpoint["records"])
+    return records, records[-1]["step"], float(checkpoint["train_time_s"]), checkpoint["best"]
 
 
 def _plot(path: str) -> None:
@@ -395,6 +447,8 @@ def register(sub) -> None:
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--out", default=None, help="run folder (default runs/train-MODEL-METHOD)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--resume", action="store_true",
+                   help="go on from the run folder's checkpoint.pt (same model, method, data and seed)")
     p.set_defaults(func=main)
 
 
@@ -414,9 +468,20 @@ def main(args) -> int:
                                options=options)
     except (RuntimeError, ImportError) as exc:  # a method whose implementation is not installed
         raise SystemExit(f"zoopt train: method {args.method!r} is not available: {exc}") from None
-    summary = fit(stepper, data, epochs=args.epochs, batch_size=args.batch_size, seed=args.seed,
-                  time_limit=args.time_limit, out=out, progress=not args.quiet,
-                  label=f"{args.model}/{args.method}")
+    resume = None
+    if args.resume:
+        path = os.path.join(out, "checkpoint.pt")
+        if not os.path.exists(path):
+            raise SystemExit(f"zoopt train: --resume: no checkpoint at {path}")
+        resume = torch.load(path, weights_only=False)
+    try:
+        summary = fit(stepper, data, epochs=args.epochs, batch_size=args.batch_size, seed=args.seed,
+                      time_limit=args.time_limit, out=out, progress=not args.quiet,
+                      label=f"{args.model}/{args.method}", resume=resume)
+    except ValueError as exc:
+        if resume is None:
+            raise
+        raise SystemExit(f"zoopt train: --resume: {exc}") from None
     summary.update(model=args.model, data=args.data, params=sum(p.numel() for p in model.parameters()))
     with open(os.path.join(out, "summary.json"), "w") as fh:
         json.dump({k: v for k, v in summary.items() if k != "records"}, fh, indent=2)
