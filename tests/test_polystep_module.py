@@ -154,6 +154,30 @@ def test_chunking_does_not_change_costs():
     assert torch.allclose(a, b, rtol=0, atol=1e-12)
 
 
+def _inductor_works() -> bool:
+    try:
+        return float(torch.compile(lambda t: t * 2 + 1)(torch.ones(2)).sum()) == 6.0
+    except Exception:  # no C++ compiler: the evaluator falls back to eager, tested above
+        return False
+
+
+@pytest.mark.parametrize("name", ["mlp", "snn"])
+def test_compiled_tail_equals_eager_and_naive(name):
+    if not _inductor_works():
+        pytest.skip("torch.compile has no working backend here")
+    kw = dict(steps=3) if name == "snn" else {}
+    model = make_model(name, in_features=12, num_classes=3, hidden=5, seed=4, **kw).double()
+    x, y = torch.randn(6, 12, dtype=torch.float64), torch.randint(0, 3, (6,))
+    eager = zoopt.PolyStep(model, rank=2, seed=1, epsilon=0.5, step_radius=2.0, probe_radius=3.0, compile=False)
+    compiled = zoopt.PolyStep(model, rank=2, seed=1, epsilon=0.5, step_radius=2.0, probe_radius=3.0, compile=True)
+    prop = eager.stepper.propose()
+    a = eager.evaluator.losses(x, y, LOSS, prop.offsets, eager.theta())
+    b = compiled.evaluator.losses(x, y, LOSS, prop.offsets, compiled.theta())
+    assert any(entry not in (None, False) for entry in compiled.evaluator._compiled.values())  # it did compile
+    assert torch.allclose(a, b, rtol=0, atol=1e-10)
+    assert torch.allclose(b, _naive_costs(compiled, model, x, y, prop.offsets, compiled.theta()), rtol=0, atol=1e-10)
+
+
 # -- the optimizer -------------------------------------------------------------------------------
 
 def _blobs(n=96, dim=12, classes=3, seed=0):
