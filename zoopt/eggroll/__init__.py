@@ -6,13 +6,15 @@
 """
 from zoopt.registry import register
 
-from .layers import PopEmbedding, PopGRU, PopGRUCell, PopLayerNorm, PopLinear
+from .layers import PopEmbedding, PopLayerNorm, PopLinear
 from .module import EGGROLL
 from .population import Population, PopulationHolder
+from .recurrent import PopGRU, PopGRUCell, PopLSTM, PopLSTMCell, PopRNN, PopRNNCell
 from .spec import LowRankSpec
 from .strategy import EGGROLLES
 
 register("eggroll", EGGROLLES)
 
 __all__ = ["EGGROLL", "EGGROLLES", "LowRankSpec", "Population", "PopulationHolder", "PopLinear",
-           "PopEmbedding", "PopGRU", "PopGRUCell", "PopLayerNorm"]
+           "PopEmbedding", "PopLayerNorm", "PopRNN", "PopRNNCell", "PopGRU", "PopGRUCell", "PopLSTM",
+           "PopLSTMCell"]

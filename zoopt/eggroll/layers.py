@@ -190,87 +190,6 @@ class PopEmbedding(_PopulationAware, nn.Embedding):
                                     padding_idx=self.padding_idx)
 
 
-def _gru_update(gi: torch.Tensor, gh: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
-    """torch's GRU gate equations (r, z, n order)."""
-    i_r, i_z, i_n = gi.chunk(3, -1)
-    h_r, h_z, h_n = gh.chunk(3, -1)
-    r = torch.sigmoid(i_r + h_r)
-    z = torch.sigmoid(i_z + h_z)
-    n = torch.tanh(i_n + r * h_n)
-    return n + z * (h - n)
-
-
-def _member_hidden(pop: Population, hx, rows: int, width: int, shared: bool, like: torch.Tensor):
-    """Initial hidden rows ``[N * rows, width]``; a shared ``hx`` of ``rows`` rows is tiled per member."""
-    if hx is None:
-        return like.new_zeros(pop.n * rows, width)
-    if hx.shape[0] == pop.n * rows:
-        return hx
-    if shared and hx.shape[0] == rows:
-        return hx.repeat(pop.n, 1)
-    raise ValueError(f"hx has {hx.shape[0]} rows; expected {pop.n * rows} (member-major) or {rows} (shared)")
-
-
-class PopGRUCell(_PopulationAware, nn.GRUCell):
-    """``nn.GRUCell`` for a population: both products are population-aware."""
-
-    def forward(self, x, hx=None):
-        pop = self._population()
-        if pop is None:
-            return super().forward(x, hx)
-        if x.dim() == 1:
-            x = x.unsqueeze(0)
-            hx = hx.unsqueeze(0) if hx is not None else None
-        shared = pop.is_shared(x)
-        rows = x.shape[0] if shared else pop.rows_per_member(x, "input")
-        gi = self._linear(pop, x, "weight_ih", "bias_ih" if self.bias else None, shared=shared)
-        h = _member_hidden(pop, hx, rows, self.hidden_size, shared, gi)
-        gh = self._linear(pop, h, "weight_hh", "bias_hh" if self.bias else None, shared=False)
-        return _gru_update(gi, gh, h)
-
-
-class PopGRU(_PopulationAware, nn.GRU):
-    """``nn.GRU`` (unidirectional, no projections) for a population.
-
-    The input-to-hidden product of every time step runs as one GEMM per layer;
-    the hidden-to-hidden factors are drawn once per call. Inter-layer dropout
-    is not applied (a population forward is an evaluation).
-    """
-
-    def forward(self, x, hx=None):
-        pop = self._population()
-        if pop is None:
-            return super().forward(x, hx)
-        if self.bidirectional or self.proj_size or not isinstance(x, torch.Tensor):
-            raise NotImplementedError("PopGRU supports unidirectional GRUs on tensors without proj_size")
-        shared = pop.is_shared(x)
-        unbatched = x.dim() == 2
-        if unbatched:
-            x = x.unsqueeze(0 if self.batch_first else 1)
-            hx = hx.unsqueeze(1) if hx is not None else None
-        seq = x if self.batch_first else x.transpose(0, 1)            # [B, T, in]
-        rows = seq.shape[0] if shared else pop.rows_per_member(seq, "input")
-        suffix = lambda name, l: f"{name}_l{l}"
-        layer_in, finals = seq, []
-        for layer in range(self.num_layers):
-            b_ih = suffix("bias_ih", layer) if self.bias else None
-            b_hh = suffix("bias_hh", layer) if self.bias else None
-            gi = self._linear(pop, layer_in, suffix("weight_ih", layer), b_ih, shared=shared and layer == 0)
-            h = _member_hidden(pop, None if hx is None else hx[layer], rows, self.hidden_size, shared, gi)
-            outs = []
-            for t in range(gi.shape[1]):
-                gh = self._linear(pop, h, suffix("weight_hh", layer), b_hh, shared=False)
-                h = _gru_update(gi[:, t], gh, h)
-                outs.append(h)
-            layer_in = torch.stack(outs, 1)
-            finals.append(h)
-        out = layer_in if self.batch_first else layer_in.transpose(0, 1)
-        h_n = torch.stack(finals, 0)
-        if unbatched:
-            out, h_n = out.squeeze(0 if self.batch_first else 1), h_n.squeeze(1)
-        return out, h_n
-
-
 class PopLayerNorm(_PopulationAware, nn.LayerNorm):
     """``nn.LayerNorm`` whose affine vectors get per-member full-rank noise."""
 
@@ -302,5 +221,5 @@ class PopLayerNorm(_PopulationAware, nn.LayerNorm):
         return view.reshape(*out_lead, *self.normalized_shape)
 
 
-SWAPS = {nn.Linear: PopLinear, nn.Embedding: PopEmbedding, nn.GRU: PopGRU, nn.GRUCell: PopGRUCell,
-         nn.LayerNorm: PopLayerNorm}
+SWAPS = {nn.Linear: PopLinear, nn.Embedding: PopEmbedding, nn.LayerNorm: PopLayerNorm}
+# the recurrent layers built from these products live in .recurrent

@@ -87,8 +87,8 @@ class EGGROLL:
         self.nonfinite = check_choice("nonfinite", nonfinite, NONFINITE_POLICIES)
         self.plan = plan_parameters(model, vectors=vectors, embeddings=embeddings, exclude=exclude)
         if not self.plan.perturbed():
-            raise ValueError("model has no parameter EGGROLL can perturb (supported: Linear, Embedding, GRU, "
-                             f"GRUCell, LayerNorm); unsupported: {self.plan.unsupported}")
+            raise ValueError("model has no parameter EGGROLL can perturb (supported: Linear, Embedding, "
+                             f"LayerNorm, RNN, GRU, LSTM and their cells); unsupported: {self.plan.unsupported}")
         self.holder = PopulationHolder()
         self.swapped = swap_layers(model, self.holder, self.plan)
         self.optimizer = make_optimizer(optimizer, [pp.param for pp in self.plan.perturbed()], lr=lr,

@@ -1,7 +1,7 @@
 """Swap a user's layers for population-aware ones in place, without touching their code.
 
-Each supported module (``nn.Linear``, ``nn.Embedding``, ``nn.GRU``,
-``nn.GRUCell``, ``nn.LayerNorm``; exact types, so user subclasses with their
+Each supported module (``nn.Linear``, ``nn.Embedding``, ``nn.LayerNorm``,
+``nn.RNN``, ``nn.GRU``, ``nn.LSTM`` and their cells; exact types, so user subclasses with their
 own forward are left alone) has its class replaced by the population-aware
 subclass: the same object, the same parameters and state_dict keys, the plain
 forward whenever no population is active. :func:`unswap` restores the classes.
@@ -19,8 +19,11 @@ from dataclasses import dataclass, field
 
 from torch import nn
 
-from .layers import SWAPS
+from .layers import SWAPS as LAYER_SWAPS
+from .recurrent import SWAPS as RECURRENT_SWAPS
 from .noise import tensor_id_for
+
+SWAPS = {**LAYER_SWAPS, **RECURRENT_SWAPS}
 
 
 @dataclass
