@@ -65,18 +65,20 @@ def test_metrics(slot_model, tokenizer, pool, test_records, test_examples, alpha
     return {"test_loss": loss, "test_exact": exact}
 
 
-def run_target(target, slot_model, tokenizer, pool, args):
+def run_target(target, slot_model, tokenizer, pool, args, on_row=None):
     val = make_records(target, args.val, seed=1)
     test = make_records(target, args.test, seed=2)
     val_ex, test_ex = encode_examples(tokenizer, val), encode_examples(tokenizer, test)
     n = pool.size
     rows = {}
 
-    def record(name, alpha, beta, val_loss, queries, seconds, delta=None):
+    def record(name, alpha, beta, val_loss, queries, seconds, delta=None, **extra):
         rows[name] = {"val_loss": val_loss, "queries": queries, "seconds": seconds,
-                      **test_metrics(slot_model, tokenizer, pool, test, test_ex, alpha, beta, delta)}
+                      **test_metrics(slot_model, tokenizer, pool, test, test_ex, alpha, beta, delta), **extra}
         print(f"  {target:15s} {name:22s} val {val_loss:.4f}  test {rows[name]['test_loss']:.4f}  "
               f"exact {100 * rows[name]['test_exact']:5.1f}%  queries {queries:5d}  {seconds:6.0f} s", flush=True)
+        if on_row:
+            on_row(rows)
 
     fit = Fitness(slot_model, pool, val_ex)
     t = time.perf_counter()
@@ -86,8 +88,8 @@ def run_target(target, slot_model, tokenizer, pool, args):
     t, fit.queries = time.perf_counter(), 0
     singles = fit([([1.0] * n, list(np.eye(n)[i])) for i in range(n)])
     best = int(np.argmin(singles))
-    record("best single", [1.0] * n, list(np.eye(n)[best]), singles[best], n, time.perf_counter() - t)
-    rows["best single"]["adapter"] = pool.names[best]
+    record("best single", [1.0] * n, list(np.eye(n)[best]), singles[best], n, time.perf_counter() - t,
+           adapter=pool.names[best])
 
     searches = {"Evo-Merging": dict(),
                 "LoRAHub (beta from 0)": dict(stages=("beta",), beta_init=0.0),
@@ -103,8 +105,8 @@ def run_target(target, slot_model, tokenizer, pool, args):
         search = EvoMerge(n, popsize=args.popsize, seed=args.seed, **budgets, **opts)
         t, fit.queries = time.perf_counter(), 0
         result = search.run(fit)
-        record(name, result["alpha"], result["beta"], result["loss"], fit.queries, time.perf_counter() - t)
-        rows[name]["history"] = result["history"]
+        record(name, result["alpha"], result["beta"], result["loss"], fit.queries, time.perf_counter() - t,
+               history=result["history"], alpha=result["alpha"], beta=result["beta"])
 
     # white-box grids (density or drop rate x scale), picked on validation
     for method, rates in (("TIES (white-box)", [0.2, 0.5, 1.0]), ("DARE (white-box)", [0.5, 0.9])):
@@ -119,8 +121,7 @@ def run_target(target, slot_model, tokenizer, pool, args):
                     loss = slot_model.losses([(0, val_ex)])[0]
                 if best_cfg is None or loss < best_cfg[0]:
                     best_cfg = (loss, delta, {"scale": scale, "p": p})
-        record(method, None, None, best_cfg[0], 0, time.perf_counter() - t, delta=best_cfg[1])
-        rows[method]["config"] = best_cfg[2]
+        record(method, None, None, best_cfg[0], 0, time.perf_counter() - t, delta=best_cfg[1], config=best_cfg[2])
     return rows
 
 
@@ -145,12 +146,14 @@ def main():
     model, tokenizer = load_base(os.path.join(args.pool, "base"))
     pool = load_pool(os.path.join(args.pool, "adapters"))
     print(f"pool: {pool.size} adapters {pool.names}")
-    slot_model = SlotModel(model, pool.config, slots=args.popsize)
+    slot_model = SlotModel(model, pool.config, slots=args.popsize, rows_per_forward=256)
     results = {}
     for target in args.targets:
-        results[target] = run_target(target, slot_model, tokenizer, pool, args)
-        with open(os.path.join(args.out, "results.json"), "w") as fh:  # saved as each target ends
-            json.dump({"args": vars(args), "per_target": results}, fh, indent=1)
+        def save(rows, target=target):  # saved as each method ends
+            with open(os.path.join(args.out, "results.json"), "w") as fh:
+                json.dump({"args": vars(args), "per_target": {**results, target: rows}}, fh, indent=1)
+
+        results[target] = run_target(target, slot_model, tokenizer, pool, args, on_row=save)
     methods = list(next(iter(results.values())))
     print(f"\naverage over {len(results)} held-out targets ({args.val} val / {args.test} test examples, "
           f"budget {args.budget} queries)")

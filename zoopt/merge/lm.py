@@ -121,12 +121,14 @@ class SlotModel:
             for r, (_, _, ex) in enumerate(chunk):
                 ids[r, :len(ex.ids)] = ex.ids
                 mask[r, :len(ex.ids)] = 1
-            logits = self.model(input_ids=ids, attention_mask=mask,
+            # the LM head runs only on positions from the first answer-predicting one on
+            first = min(ex.n_prompt for _, _, ex in chunk) - 1
+            logits = self.model(input_ids=ids, attention_mask=mask, logits_to_keep=width - first,
                                 adapter_names=[f"slot{slot}" for _, slot, _ in chunk]).logits.float()
             logp = torch.log_softmax(logits[:, :-1], dim=-1)
             for r, (j, _, ex) in enumerate(chunk):
                 target = ex.ids[ex.n_prompt:]
-                pred = logp[r, ex.n_prompt - 1:len(ex.ids) - 1]
+                pred = logp[r, ex.n_prompt - 1 - first:len(ex.ids) - 1 - first]
                 nll = -pred.gather(1, target[:, None]).mean()
                 totals[j] += float(nll)
         return [float(totals[j]) / len(examples) for j, (_, examples) in enumerate(jobs)]
