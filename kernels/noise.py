@@ -110,10 +110,11 @@ def _tiles(npairs: int, nblocks: int, tile: int):
 
 def _normal_cpu_tiled(seed, tensor_id, generation, pair_arr, first, last, offset, numel) -> torch.Tensor:
     """The torch path's exact arithmetic, tile by tile in cache: the compiled kernel writes the
-    planes ``u0, u2, 2pi u1, 2pi u3`` (the products rounded as torch's scalar multiply), then
-    ``r = sqrt(-2 log u)``, ``cos``/``sin`` and ``r * cos|sin`` run in place. torch's elementwise
-    float32 functions give the same bits whatever the tensor's length or offset, so the values
-    equal the untiled computation bit for bit."""
+    planes ``u0, u2, 2pi u1, 2pi u3`` (the products rounded as torch's scalar multiply), torch
+    computes ``sqrt(-2 log u)`` in place and ``cos``/``sin`` (its float32 functions give the same
+    bits whatever the tensor's length or offset; its sqrt is not always correctly rounded, so it
+    stays in torch), and a compiled pass writes the products ``r * cos|sin`` interleaved (exact
+    IEEE multiplies). The values equal the untiled computation bit for bit."""
     P, nblocks = len(pair_arr), last - first
     if P == 0 or numel == 0:
         return torch.empty(P, numel)
@@ -128,15 +129,12 @@ def _normal_cpu_tiled(seed, tensor_id, generation, pair_arr, first, last, offset
         u = u_buf[:4 * shape[0] * shape[1]].view(4, *shape)
         philox_c.philox_planes(u, pairs[p0:p1], first + b0, tensor_id, generation, k0, k1,
                                order=(0, 2, 1, 3), mult=(1.0, 1.0, TWO_PI, TWO_PI))
-        radius = u[:2]                                   # [r01, r23]
-        radius.log_().mul_(-2.0).sqrt_()
+        u[:2].log_().mul_(-2.0).sqrt_()                  # radii sqrt(-2 log u0), sqrt(-2 log u2)
         cs = cs_buf[:4 * shape[0] * shape[1]].view(2, 2, *shape)
         torch.cos(u[2:], out=cs[0])
         torch.sin(u[2:], out=cs[1])
-        out = z[p0:p1, b0:b1].view(*shape, 2, 2)             # z[p, b, 2j + k] = radius_j * (cos, sin)_k(theta_j)
-        for j in range(2):
-            for k in range(2):
-                torch.mul(radius[j], cs[k, j], out=out[:, :, j, k])
+        # z[p, b, 2j + k] = radius_j * (cos, sin)_k(theta_j): exact products, one compiled pass
+        philox_c.polar_interleave(z[p0:p1, b0:b1], u[:2], cs)
     return z.view(P, -1)[:, offset:offset + numel]
 
 

@@ -59,11 +59,85 @@ static inline void philox_tile(uint32_t c0[TILE], uint32_t c1[TILE], uint32_t c2
     }
 }
 
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#include <immintrin.h>
+#define ZOOPT_X86 1
+
+/* The same rounds on 16 (AVX-512) or 8 (AVX2) blocks at once: 32x32 -> 64-bit products of the even
+   and the odd lanes, then the low and high words blended back into place. */
+#define PHILOX_SIMD(NAME, TARGET, VEC, LANES, SET1, MULU, SRL64, SLL64, SRL32, BLEND, XOR, ADD32, LOADI, CVT, \
+                    ADDF, MULF, SET1F, STOREF)                                                                  \
+__attribute__((target(TARGET)))                                                                             \
+static int64_t NAME(float *row, int64_t plane, int64_t first, int64_t nblocks, uint32_t tid, uint32_t gen,  \
+                    uint32_t pair, uint32_t k0_in, uint32_t k1_in, const int32_t *order, const float *mult) { \
+    const VEC m0 = SET1((int)MUL0), m1 = SET1((int)MUL1);                                                   \
+    int32_t lane[LANES];                                                                                     \
+    for (int j = 0; j < LANES; ++j) lane[j] = j;                                                             \
+    const VEC offsets = LOADI(lane);                                                                         \
+    int64_t b0 = 0;                                                                                          \
+    for (; b0 + LANES <= nblocks; b0 += LANES) {                                                            \
+        VEC c[4];                                                                                            \
+        c[0] = ADD32(SET1((int)(uint32_t)(first + b0)), offsets);                                            \
+        c[1] = SET1((int)tid); c[2] = SET1((int)gen); c[3] = SET1((int)pair);                                \
+        uint32_t k0 = k0_in, k1 = k1_in;                                                                     \
+        for (int r = 0; r < 10; ++r) {                                                                       \
+            VEC pe0 = MULU(c[0], m0), po0 = MULU(SRL64(c[0], 32), m0);                                       \
+            VEC pe1 = MULU(c[2], m1), po1 = MULU(SRL64(c[2], 32), m1);                                       \
+            VEC lo0 = BLEND(pe0, SLL64(po0, 32)), hi0 = BLEND(SRL64(pe0, 32), po0);                          \
+            VEC lo1 = BLEND(pe1, SLL64(po1, 32)), hi1 = BLEND(SRL64(pe1, 32), po1);                          \
+            VEC n0 = XOR(XOR(hi1, c[1]), SET1((int)k0));                                                     \
+            VEC n2 = XOR(XOR(hi0, c[3]), SET1((int)k1));                                                     \
+            c[1] = lo1; c[3] = lo0; c[0] = n0; c[2] = n2;                                                    \
+            k0 += BUMP0; k1 += BUMP1;                                                                        \
+        }                                                                                                    \
+        for (int w = 0; w < 4; ++w) {                                                                        \
+            VEC x = c[order[w]];                                                                             \
+            __typeof__(CVT(x)) u = MULF(ADDF(CVT(SRL32(x, 8)), SET1F(0.5f)), SET1F(1.0f / 16777216.0f));     \
+            if (mult[w] != 1.0f) u = MULF(u, SET1F(mult[w]));                                                \
+            STOREF(row + w * plane + b0, u);                                                                 \
+        }                                                                                                    \
+    }                                                                                                        \
+    return b0;                                                                                               \
+}
+
+#define BLEND512(a, b) _mm512_mask_blend_epi32((__mmask16)0xAAAA, (a), (b))
+#define BLEND256(a, b) _mm256_blend_epi32((a), (b), 0xAA)
+PHILOX_SIMD(philox_row_avx512, "avx512f", __m512i, 16, _mm512_set1_epi32, _mm512_mul_epu32, _mm512_srli_epi64,
+            _mm512_slli_epi64, _mm512_srli_epi32, BLEND512, _mm512_xor_si512, _mm512_add_epi32,
+            _mm512_loadu_si512, _mm512_cvtepi32_ps, _mm512_add_ps, _mm512_mul_ps, _mm512_set1_ps, _mm512_storeu_ps)
+#define LOAD256(p) _mm256_loadu_si256((const __m256i *)(p))
+PHILOX_SIMD(philox_row_avx2, "avx2", __m256i, 8, _mm256_set1_epi32, _mm256_mul_epu32, _mm256_srli_epi64,
+            _mm256_slli_epi64, _mm256_srli_epi32, BLEND256, _mm256_xor_si256, _mm256_add_epi32,
+            LOAD256, _mm256_cvtepi32_ps, _mm256_add_ps, _mm256_mul_ps, _mm256_set1_ps, _mm256_storeu_ps)
+
+static int simd_cap = -1;   /* what the CPU supports: 2 AVX-512F, 1 AVX2, 0 neither; asked once */
+static int simd_use = 2;    /* the highest level to use (tests lower it to check every path) */
+
+static int simd_level(void) {
+    if (simd_cap < 0) {
+        __builtin_cpu_init();
+        simd_cap = __builtin_cpu_supports("avx512f") ? 2 : __builtin_cpu_supports("avx2") ? 1 : 0;
+    }
+    return simd_cap < simd_use ? simd_cap : simd_use;
+}
+#endif
+
+/* Cap the SIMD level (2, 1 or 0) and return the level now in use; -1 only reports it. */
+int philox_simd(int cap) {
+#ifdef ZOOPT_X86
+    if (cap >= 0) simd_use = cap;
+    return simd_level();
+#else
+    (void)cap;
+    return 0;
+#endif
+}
+
 /* Planes out[w] (each npairs x nblocks, row p = pairs[p], column b = block first + b) of the words of
    philox(counter = (block, tid, gen, pair), key = (k0, k1)) as floats ((x >> 8) + 0.5) / 2^24, each
    times mult[w] (1 or a float32 constant; one rounded product, as torch's scalar multiply).
-   Plane w takes word order[w]. Planar, so the float math that follows runs on contiguous memory. */
-VECTORIZED
+   Plane w takes word order[w]. Planar, so the float math that follows runs on contiguous memory.
+   The SIMD paths (chosen at run time for the CPU at hand) do the same integer and IEEE steps. */
 void philox_planes(float *out, const int64_t *pairs, int64_t npairs, int64_t first, int64_t nblocks,
                    uint32_t tid, uint32_t gen, uint32_t k0, uint32_t k1, const int32_t *order,
                    const float *mult) {
@@ -72,7 +146,15 @@ void philox_planes(float *out, const int64_t *pairs, int64_t npairs, int64_t fir
     uint32_t c[4][TILE];
     for (int64_t p = 0; p < npairs; ++p) {
         float *row = out + p * nblocks;
-        for (int64_t b0 = 0; b0 < nblocks; b0 += TILE) {
+        int64_t start = 0;
+#ifdef ZOOPT_X86
+        int level = simd_level();
+        if (level == 2)
+            start = philox_row_avx512(row, plane, first, nblocks, tid, gen, (uint32_t)pairs[p], k0, k1, order, mult);
+        else if (level == 1)
+            start = philox_row_avx2(row, plane, first, nblocks, tid, gen, (uint32_t)pairs[p], k0, k1, order, mult);
+#endif
+        for (int64_t b0 = start; b0 < nblocks; b0 += TILE) {
             int64_t n = nblocks - b0 < TILE ? nblocks - b0 : TILE;
             philox_tile(c[0], c[1], c[2], c[3], first + b0, tid, gen, (uint32_t)pairs[p], k0, k1);
             for (int w = 0; w < 4; ++w) {
@@ -85,6 +167,26 @@ void philox_planes(float *out, const int64_t *pairs, int64_t npairs, int64_t fir
                     for (int64_t j = 0; j < n; ++j) dst[j] = (((float)(x[j] >> 8) + 0.5f) * scale) * m;
                 }
             }
+        }
+    }
+}
+
+/* The last Box-Muller step of a tile, in one pass: z[p, b, 2j + k] = radius[j][p, b] * cs[k][j][p, b]
+   (planes [npairs, nblocks], z rows row_stride floats apart): one exact IEEE product per element,
+   the same bits as torch's multiply, interleaved without four strided passes. */
+VECTORIZED
+void polar_interleave(float *z, int64_t row_stride, const float *radius, const float *cs, int64_t npairs,
+                      int64_t nblocks) {
+    const int64_t plane = npairs * nblocks;
+    for (int64_t p = 0; p < npairs; ++p) {
+        const float *r0 = radius + p * nblocks, *r1 = r0 + plane;
+        const float *c0 = cs + p * nblocks, *c1 = c0 + plane, *s0 = c0 + 2 * plane, *s1 = c0 + 3 * plane;
+        float *row = z + p * row_stride;
+        for (int64_t b = 0; b < nblocks; ++b) {
+            row[4 * b] = r0[b] * c0[b];
+            row[4 * b + 1] = r0[b] * s0[b];
+            row[4 * b + 2] = r1[b] * c1[b];
+            row[4 * b + 3] = r1[b] * s1[b];
         }
     }
 }
@@ -140,6 +242,11 @@ def _build() -> ctypes.CDLL | None:
     lib.philox_planes.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64,
                                   ctypes.c_int64, ctypes.c_uint32, ctypes.c_uint32, ctypes.c_uint32,
                                   ctypes.c_uint32, ctypes.c_void_p, ctypes.c_void_p]
+    lib.philox_simd.restype = ctypes.c_int
+    lib.philox_simd.argtypes = [ctypes.c_int]
+    lib.polar_interleave.restype = None
+    lib.polar_interleave.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p,
+                                     ctypes.c_int64, ctypes.c_int64]
     return lib
 
 
@@ -160,6 +267,14 @@ def available() -> bool:
 
 
 IDENTITY = (0, 1, 2, 3)
+
+
+def simd_level(cap: int = -1) -> int:
+    """The SIMD path the words are computed with: 2 AVX-512F, 1 AVX2, 0 scalar (the same bits on
+    each). ``cap`` lowers (or restores, with 2) the highest level used; -1 only reports."""
+    if not available():
+        raise RuntimeError("the compiled Philox library is not available (no C compiler, or ZOOPT_NO_CEXT set)")
+    return int(_lib.philox_simd(int(cap)))
 
 
 def philox_planes(out: torch.Tensor, pairs: torch.Tensor, first: int, tensor_id: int, generation: int,
@@ -186,3 +301,19 @@ def philox_uniforms(pairs: torch.Tensor, first: int, nblocks: int, tensor_id: in
     """Uniforms ``[4, len(pairs), nblocks]`` (float32, CPU; word-major) of blocks ``first .. first+nblocks``."""
     out = torch.empty(4, torch.as_tensor(pairs).numel(), nblocks, dtype=torch.float32)
     return philox_planes(out, torch.as_tensor(pairs), first, tensor_id, generation, k0, k1)
+
+
+def polar_interleave(z: torch.Tensor, radius: torch.Tensor, cs: torch.Tensor) -> torch.Tensor:
+    """``z [P, B, 4]`` (rows may be strided, each row contiguous) gets ``radius[j] * cs[k, j]`` at
+    lane ``2j + k``; ``radius [2, P, B]`` and ``cs [2, 2, P, B]`` contiguous float32."""
+    P, B = radius.shape[1:]
+    if (z.shape != (P, B, 4) or z.stride(2) != 1 or z.stride(1) != 4 or cs.shape != (2, 2, P, B)
+            or not (radius.is_contiguous() and cs.is_contiguous())
+            or {z.dtype, radius.dtype, cs.dtype} != {torch.float32}):
+        raise ValueError("polar_interleave: z [P, B, 4] with contiguous rows, radius [2, P, B] and cs [2, 2, P, B] "
+                         "contiguous float32")
+    if not available():
+        raise RuntimeError("the compiled Philox library is not available (no C compiler, or ZOOPT_NO_CEXT set)")
+    if z.numel():
+        _lib.polar_interleave(z.data_ptr(), z.stride(0), radius.data_ptr(), cs.data_ptr(), P, B)
+    return z

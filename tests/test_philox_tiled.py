@@ -42,17 +42,28 @@ def test_tiled_compiled_path_is_bit_identical(tile, threads, monkeypatch):
         torch.set_num_threads(before)
 
 
-def test_planes_words_order_and_scaled_products():
-    pairs = torch.tensor([3, 0, 7])
-    first, nblocks, seed = 5, 37, 2**35 + 11
-    ref = _uniforms_torch(seed, 4, 9, pairs.numpy(), first, first + nblocks, torch.device("cpu"))
-    out = torch.empty(4, 3, nblocks)
-    philox_c.philox_planes(out, pairs, first, 4, 9, seed & MASK32, seed >> 32, order=(0, 2, 1, 3),
-                           mult=(1.0, 1.0, TWO_PI, TWO_PI))
-    assert torch.equal(out[0], ref[0]) and torch.equal(out[1], ref[2])
-    assert torch.equal(out[2], TWO_PI * ref[1]) and torch.equal(out[3], TWO_PI * ref[3])
-    assert torch.equal(philox_c.philox_uniforms(pairs, first, nblocks, 4, 9, seed & MASK32, seed >> 32),
-                       torch.stack(ref))
+@pytest.mark.parametrize("level", [2, 1, 0])
+def test_planes_words_order_and_scaled_products_on_every_simd_path(level):
+    if philox_c.simd_level(level) != level:
+        philox_c.simd_level(2)
+        pytest.skip(f"this CPU has no SIMD level {level}")
+    try:
+        for first, nblocks in [(5, 37), (2**31 - 20, 41), (2**32 - 41, 41), (0, 16), (3, 7)]:  # SIMD body + tail
+            pairs = torch.tensor([3, 0, 7, 2**32 - 1])
+            seed = 2**35 + 11
+            ref = _uniforms_torch(seed, 4, 9, pairs.numpy(), first, first + nblocks, torch.device("cpu"))
+            ref = [r.view(4, -1) for r in ref]
+            out = torch.empty(4, 4, nblocks)
+            philox_c.philox_planes(out, pairs, first, 4, 9, seed & MASK32, seed >> 32, order=(0, 2, 1, 3),
+                                   mult=(1.0, 1.0, TWO_PI, TWO_PI))
+            assert torch.equal(out[0], ref[0]) and torch.equal(out[1], ref[2])
+            assert torch.equal(out[2], TWO_PI * ref[1]) and torch.equal(out[3], TWO_PI * ref[3])
+            assert torch.equal(philox_c.philox_uniforms(pairs, first, nblocks, 4, 9, seed & MASK32, seed >> 32),
+                               torch.stack(ref))
+        case = CASES[0]
+        assert torch.equal(normal(*case), untiled_torch(*case))
+    finally:
+        philox_c.simd_level(2)
     with pytest.raises(ValueError, match="pair rows"):
         philox_c.philox_planes(torch.empty(4, 2, 5), pairs, 0, 0, 0, 0, 0)
 

@@ -30,11 +30,12 @@ def _member_major(out: torch.Tensor, pop: Population, lead) -> torch.Tensor:
 
 def _correction_terms(pop: Population, lhs_rows: torch.Tensor, weight, bias, weight_id, bias_id, weight_mode,
                       member_bias: bool, rows: int, dtype, center_bias: bool = False):
-    """Operands ``(L [G, g*rows, k], R [G, m, k])`` of the members' correction ``L @ R^T``, or None.
+    """Operands ``(L [G, g*rows, k], R^T [G, k, m])`` of the members' correction ``L @ R^T``, or None.
 
     Rank ``r`` columns carry ``s sigma/sqrt(r) (x B) A^T``; a member's bias noise
     ``s sigma eps`` rides along as one more column (``s sigma`` times ``eps``), so the
-    output is touched by a single batched product.
+    output is touched by a single batched product. ``R^T`` is built row-wise (rows of
+    length m): for r = 1 every piece is a contiguous row, so assembling it is a plain copy.
     """
     G, g = pop.groups, pop.group
     m, n = weight.shape
@@ -50,7 +51,7 @@ def _correction_terms(pop: Population, lhs_rows: torch.Tensor, weight, bias, wei
             xB = torch.bmm(lhs_rows, B)
             xB.view(G, g, rows, r).mul_(pop.lowrank_scale[:, :, None, None].to(dtype))
         left.append(xB)
-        right.append(A)
+        right.append(A.transpose(1, 2))
     if member_bias:
         eps = pop.pair_noise(bias_id, m, dtype=dtype)                                   # [G, m]
         key = ("col", rows, dtype)
@@ -58,7 +59,7 @@ def _correction_terms(pop: Population, lhs_rows: torch.Tensor, weight, bias, wei
             pop._cache[key] = pop.vector_scale.to(dtype)[:, :, None, None].expand(G, g, rows, 1).reshape(G, g * rows, 1)
         col = pop._cache[key]
         left.append(col)
-        right.append(eps.unsqueeze(-1))
+        right.append(eps.unsqueeze(1))
     if not left:
         return None
     if center_bias:   # the center bias as one more column (ones x b)
@@ -66,12 +67,12 @@ def _correction_terms(pop: Population, lhs_rows: torch.Tensor, weight, bias, wei
         if key not in pop._cache:
             pop._cache[key] = torch.ones(G, g * rows, 1, dtype=dtype, device=lhs_rows.device)
         left.append(pop._cache[key])
-        right.append(bias.view(1, m, 1).expand(G, m, 1).to(dtype))
+        right.append(bias.view(1, 1, m).expand(G, 1, m).to(dtype))
     if len(left) == 1:
         return left[0], right[0]
     key = ("right", weight_id, bias_id, center_bias)   # a recurrent layer reuses it at every step
     if key not in pop._cache:
-        pop._cache[key] = torch.cat(right, -1)
+        pop._cache[key] = torch.cat(right, 1)
     return torch.cat(left, -1), pop._cache[key]
 
 
@@ -93,7 +94,7 @@ def population_linear(pop: Population, x: torch.Tensor, weight: torch.Tensor, bi
         if terms is None:
             out = base.unsqueeze(0).expand(pop.n, R, m)
         else:
-            out = torch.baddbmm(base.repeat(g, 1) if g > 1 else base, terms[0], terms[1].transpose(1, 2))
+            out = torch.baddbmm(base.repeat(g, 1) if g > 1 else base, terms[0], terms[1])
         return _member_major(out.reshape(pop.n, R, m), pop, lead)
     if x.dim() < 2:
         raise ValueError(f"input must be member-major [N*T, ..., {n}], got shape {tuple(x.shape)}")
@@ -107,7 +108,7 @@ def population_linear(pop: Population, x: torch.Tensor, weight: torch.Tensor, bi
         # shared GEMM accumulates onto it (beta = 1): the output is written once and read once
         left, right = _correction_terms(pop, x3, weight, bias, weight_id, bias_id, weight_mode, member_bias, rows,
                                         x3.dtype, center_bias=bias is not None)
-        out = torch.bmm(left, right.transpose(1, 2))
+        out = torch.bmm(left, right)
         out.view(-1, m).addmm_(x3.view(-1, n), weight.t())
     pop.expanded = True
     return out.reshape(*x.shape[:-1], m)
