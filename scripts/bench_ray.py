@@ -1,22 +1,36 @@
-"""Ray evaluation benchmark: overhead, bytes on the wire, and actor scaling on an env-bound problem.
+"""Ray evaluation benchmark: overhead, bytes on the wire, and actor scaling on env-bound problems.
 
-    python scripts/bench_ray.py            # small CPU sizes, ~2-4 minutes on 2 cores
-    python scripts/bench_ray.py --full     # more generations and episodes
+    python scripts/bench_ray.py                    # all parts, small CPU sizes (a few minutes on 2 cores)
+    python scripts/bench_ray.py --parts speedup    # only the 1 vs 2 actor env steps/s (~2-3 minutes)
+    python scripts/bench_ray.py --full             # more generations, bigger populations
 
-(1) Overhead per generation on a trivial problem at N = 1024: LocalEvaluator
-    vs RayEvaluator (1 and 2 actors), same specs.
-(2) Bytes sent per generation for a 1M-parameter model at N = 1024: what the
-    evaluator serializes (payload + task arguments + fitness back), against
-    N*D*4 bytes for shipping every member's vector. The problem wraps a real
-    1M-parameter MLP (its pickled size is paid once per actor) but returns
+(1) ``overhead``: time per generation on a trivial problem at N = 1024:
+    LocalEvaluator vs RayEvaluator (1 and 2 actors), same specs.
+(2) ``bytes``: bytes sent per generation for a 1M-parameter model at N = 1024:
+    what the evaluator serializes (payload + task arguments + fitness back),
+    against N*D*4 bytes for shipping every member's vector. The problem wraps a
+    real 1M-parameter MLP (its pickled size is paid once per actor) but returns
     zeros: the traffic does not depend on the evaluation, and 1024 forwards of
     a 1M-parameter model would dominate a CPU run.
-(3) Environment steps/s with 1 and 2 actors: a CPU-bound synthetic env (numpy
-    dynamics in a Python step loop) and, when gymnasium is installed,
-    CartPole-v1 through problems/gym.py (obs_norm off so copies are stateless).
-    Target: 2 actors >= 1.7x the steps/s of 1.
+(3) ``speedup``: environment steps/s in process, with 1 actor and with 2 actors,
+    on CartPole-v1 (linear policy, 4 episodes per member, variable episode
+    lengths) and HalfCheetah-v5 (linear policy, 1000-step MuJoCo episodes),
+    through problems/gym.py with obs_norm off; ``--envs synthetic`` adds a
+    numpy-dynamics env. In-process, 2 plain processes (multiprocessing, one
+    half of the members each: the machine's own 1 -> 2 process scaling, no Ray)
+    and Ray with 1 and 2 actors are alive together and take turns generation
+    by generation (the order rotates), so they see the same machine load. Every
+    generation's fitness is compared with in-process evaluation (a mismatch is
+    printed and saved, not fatal). Besides wall-clock steps/s it reports CPU
+    time: actor CPU per env step (does splitting the population into ranges add
+    work?), the driver's and Ray's own processes' CPU per generation (what they
+    take from the actors on a 2-core machine), and the speedup a free core per
+    actor would give, 2 x (1-actor CPU/step) / (2-actor CPU/step), which time
+    slicing by other processes does not distort. Target: 2 actors >= 1.7x the
+    wall steps/s of 1.
 
-Writes runs/bench_ray/bench_ray.json and bench_ray.png.
+Timings on a shared machine are distorted by other processes; the load
+average is printed and saved. Writes runs/bench_ray/bench_ray.json and bench_ray.png.
 """
 from __future__ import annotations
 
@@ -25,6 +39,7 @@ import json
 import os
 import sys
 import time
+from contextlib import contextmanager
 
 import numpy as np
 import torch
@@ -145,47 +160,214 @@ def bench_bytes(ray_evaluator, params: int, gens: int) -> dict:
     return out
 
 
-def bench_scaling(ray_evaluator, name: str, make_problem, popsize: int, gens: int, steps_of) -> dict:
-    """``make_problem()`` gives a fresh copy per evaluator (env problems keep per-generation state)."""
-    problem = make_problem()
-    spec_list = specs(problem.dim, popsize, gens + 1, problem.initial_point())
-    local_s, local_f = time_generations(LocalEvaluator(), problem, spec_list)
-    steps = steps_of(problem, spec_list)  # env steps per timed generation
-    out = {"popsize": popsize, "steps_per_gen": steps, "local_steps_per_s": steps / local_s}
-    for actors in (1, 2):
-        with ray_evaluator(actors) as ev:
-            ev(make_problem(), spec_list[0])  # start the actors before reading their CPU clocks
-            cpu_before = ev.actor_cpu_seconds()
-            ray_s, ray_f = time_generations(ev, make_problem(), spec_list)
-            cpu = ev.actor_cpu_seconds() - cpu_before
-            assert all(torch.equal(a, b) for a, b in zip(ray_f, local_f)), f"{name}: Ray fitness differs from local"
-            out[f"ray{actors}_steps_per_s"] = steps / ray_s
-            # steps per actor CPU-second over the timed generations (+ a warm-up): blind to time slicing
-            out[f"ray{actors}_steps_per_cpu_s"] = steps * len(spec_list) / cpu
-    out["speedup_2_vs_1"] = out["ray2_steps_per_s"] / out["ray1_steps_per_s"]
-    # If each actor had a core to itself, 2 actors would run 2x the CPU-seconds of 1 per wall second.
-    out["cpu_efficiency_2_vs_1"] = out["ray2_steps_per_cpu_s"] / out["ray1_steps_per_cpu_s"]
-    print(f"(3) {name}: {steps:.0f} env steps/gen; local {out['local_steps_per_s']:,.0f}/s, Ray 1 actor "
-          f"{out['ray1_steps_per_s']:,.0f}/s, 2 actors {out['ray2_steps_per_s']:,.0f}/s -> "
-          f"{out['speedup_2_vs_1']:.2f}x wall (target >= 1.7x); steps per actor CPU-second 2 vs 1 actors: "
-          f"{out['cpu_efficiency_2_vs_1']:.2f} (2x this = the speedup with a free core per actor)")
+@contextmanager
+def quiet_stderr():
+    """Silence C-level stderr (MuJoCo prints a deprecation warning per env it builds)."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with open(os.devnull, "w") as null:
+        os.dup2(null.fileno(), 2)
+    try:
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+class CpuClocks:
+    """CPU seconds of this process, of the evaluators' actors, and of Ray's other processes."""
+
+    def __init__(self):
+        try:
+            import psutil
+        except ImportError:
+            psutil = None
+        self.psutil = psutil
+        self.actor_pids: set = set()
+
+    def add_actors(self, evaluator) -> None:
+        import ray
+
+        self.actor_pids |= set(ray.get([a.pid.remote() for a in evaluator.actors()]))
+
+    def system(self) -> float:
+        """Ray's processes that are not actors (raylet, GCS, idle workers...): children of this driver."""
+        if self.psutil is None:
+            return float("nan")
+        total = 0.0
+        for child in self.psutil.Process().children(recursive=True):
+            if child.pid in self.actor_pids:
+                continue
+            try:
+                times = child.cpu_times()
+                total += times.user + times.system
+            except self.psutil.Error:
+                pass
+        return total
+
+    @staticmethod
+    def driver() -> float:
+        return time.process_time()
+
+
+_POOL_PROBLEM = None
+
+
+def _pool_init(problem_bytes: bytes) -> None:
+    global _POOL_PROBLEM
+    import pickle
+
+    torch.set_num_threads(1)
+    _POOL_PROBLEM = pickle.loads(problem_bytes)
+
+
+def _pool_evaluate(args):
+    spec, start, stop = args
+    cpu = time.process_time()
+    fitness = _POOL_PROBLEM.evaluate(spec, torch.arange(start, stop))
+    return fitness, time.process_time() - cpu
+
+
+class PoolEvaluator:
+    """The no-Ray reference: ``workers`` plain processes (multiprocessing, spawned), each evaluating one
+    equal share of the members, the spec pickled to each per generation. It shows how well the machine
+    itself scales 1 -> 2 processes at that moment, with no scheduling at all."""
+
+    def __init__(self, problem, workers: int = 2):
+        import multiprocessing
+        import pickle
+
+        self.workers = workers
+        self.pool = multiprocessing.get_context("spawn").Pool(workers, _pool_init, (pickle.dumps(problem),))
+        self.cpu = 0.0
+
+    def pids(self) -> set:
+        return {proc.pid for proc in self.pool._pool}
+
+    def __call__(self, problem, spec):
+        n = spec.popsize
+        bounds = [round(i * n / self.workers) for i in range(self.workers + 1)]
+        parts = self.pool.map(_pool_evaluate, [(spec, a, b) for a, b in zip(bounds, bounds[1:])], chunksize=1)
+        self.cpu += sum(cpu for _, cpu in parts)
+        return torch.cat([torch.as_tensor(f, dtype=torch.float32) for f, _ in parts])
+
+    def actor_cpu_seconds(self) -> float:
+        return self.cpu
+
+    def close(self) -> None:
+        self.pool.terminate()
+        self.pool.join()
+
+
+def bench_speedup(name: str, make_problem, popsize: int, rounds: int, warmup: int = 2) -> dict:
+    """Local, 1-actor and 2-actor evaluation of the same generations, taking turns; see (3) above."""
+    from zoopt.workers.ray_evaluator import RayEvaluator
+
+    keys = ("local", "pool2", "ray1", "ray2")
+    problems = {k: make_problem() for k in keys}
+    x0 = problems["local"].initial_point()
+    spec_list = specs(problems["local"].dim, popsize, warmup + rounds, x0)
+    clocks = CpuClocks()
+    evaluators = {"local": LocalEvaluator()}
+    rec = {k: {"wall": 0.0, "driver_cpu": 0.0, "actor_cpu": 0.0, "system_cpu": 0.0} for k in keys}
+    try:
+        with quiet_stderr():
+            for actors in (1, 2):
+                evaluators[f"ray{actors}"] = RayEvaluator(actors, actor_config={"num_cpus": 1})
+            evaluators["pool2"] = PoolEvaluator(problems["pool2"], 2)
+            for spec in spec_list[:warmup]:  # actors start, load the problem, build their vector envs
+                fits = [evaluators[k](problems[k], spec) for k in keys]
+        for k in ("ray1", "ray2"):
+            clocks.add_actors(evaluators[k])
+        clocks.actor_pids |= evaluators["pool2"].pids()
+        steps, mismatches = 0, []
+        for r, spec in enumerate(spec_list[warmup:]):
+            fits = {}
+            for k in keys[r % len(keys):] + keys[:r % len(keys)]:
+                ev, problem = evaluators[k], problems[k]
+                steps_before = problem.env_steps if k == "local" else 0
+                a0 = ev.actor_cpu_seconds() if k != "local" else 0.0
+                s0, d0, t0 = clocks.system(), clocks.driver(), time.perf_counter()
+                fits[k] = ev(problem, spec)
+                wall, d1, s1 = time.perf_counter() - t0, clocks.driver(), clocks.system()
+                a1 = ev.actor_cpu_seconds() if k != "local" else d1 - d0
+                rec[k]["wall"] += wall
+                rec[k]["driver_cpu"] += d1 - d0
+                rec[k]["system_cpu"] += s1 - s0
+                rec[k]["actor_cpu"] += a1 - a0  # local: the driver does the work
+                if k == "local":
+                    steps += problem.env_steps - steps_before
+            for k in keys:  # reported, not fatal: the timing still stands (tests assert the equality)
+                if not torch.equal(fits[k], fits["local"]):
+                    where = (fits[k] != fits["local"]).nonzero().reshape(-1).tolist()
+                    mismatches.append(f"generation {spec.generation}: {k} differs at members {where[:8]}")
+                    print(f"    WARNING {name}: {mismatches[-1]}", flush=True)
+        if callable(getattr(problems["local"], "stats", None)):  # GymProblem: actors' step counts come back
+            assert all(problems[k].env_steps == problems["local"].env_steps for k in ("ray1", "ray2")), \
+                f"{name}: env steps differ"
+    finally:
+        for ev in evaluators.values():
+            ev.close()
+    out = {"popsize": popsize, "rounds": rounds, "steps_per_gen": steps / rounds, "fitness_mismatches": mismatches}
+    for k in keys:
+        r = rec[k]
+        out[k] = {"steps_per_s": steps / r["wall"], "ms_per_gen": 1e3 * r["wall"] / rounds,
+                  "work_us_per_step": 1e6 * r["actor_cpu"] / steps,
+                  "driver_cpu_ms_per_gen": 1e3 * r["driver_cpu"] / rounds,
+                  "ray_system_cpu_ms_per_gen": 1e3 * r["system_cpu"] / rounds}
+        if k != "local":
+            actors = int(k[-1])
+            out[k]["actor_busy_fraction"] = r["actor_cpu"] / (actors * r["wall"])
+    out["speedup_2_vs_1"] = out["ray2"]["steps_per_s"] / out["ray1"]["steps_per_s"]
+    out["ray1_vs_local"] = out["ray1"]["steps_per_s"] / out["local"]["steps_per_s"]
+    out["work_inflation_2_vs_1"] = out["ray2"]["work_us_per_step"] / out["ray1"]["work_us_per_step"]
+    out["free_core_speedup_2_vs_1"] = 2 / out["work_inflation_2_vs_1"]
+    # the machine's own 1 -> 2 process scaling at that moment: plain processes vs one process (in-process)
+    out["pool2_vs_local"] = out["pool2"]["steps_per_s"] / out["local"]["steps_per_s"]
+    out["load_average"] = os.getloadavg()[0]
+    l, p2, r1, r2 = out["local"], out["pool2"], out["ray1"], out["ray2"]
+    print(f"(3) {name}: {out['steps_per_gen']:,.0f} env steps/gen, {rounds} generations each\n"
+          f"    steps/s: local {l['steps_per_s']:,.0f}, Ray 1 actor {r1['steps_per_s']:,.0f}, 2 actors "
+          f"{r2['steps_per_s']:,.0f} -> 2 vs 1: {out['speedup_2_vs_1']:.2f}x wall (target >= 1.7x); "
+          f"1 actor vs local {out['ray1_vs_local']:.2f}x\n"
+          f"    no-Ray reference: 2 plain processes {p2['steps_per_s']:,.0f}/s = {out['pool2_vs_local']:.2f}x local "
+          f"(what the machine gives 2 processes right now)\n"
+          f"    work (actor CPU) per env step: local {l['work_us_per_step']:.1f} us, 2 plain processes "
+          f"{p2['work_us_per_step']:.1f} us, 1 actor {r1['work_us_per_step']:.1f}"
+          f" us, 2 actors {r2['work_us_per_step']:.1f} us -> with a free core per actor 2 vs 1 would be "
+          f"{out['free_core_speedup_2_vs_1']:.2f}x\n"
+          f"    per generation: driver CPU {r1['driver_cpu_ms_per_gen']:.1f} / {r2['driver_cpu_ms_per_gen']:.1f} ms, "
+          f"Ray's own processes {r1['ray_system_cpu_ms_per_gen']:.1f} / {r2['ray_system_cpu_ms_per_gen']:.1f} ms "
+          f"(1 / 2 actors); actors busy {100 * r1['actor_busy_fraction']:.0f}% / {100 * r2['actor_busy_fraction']:.0f}%"
+          f" of wall time; load average {out['load_average']:.1f} on {os.cpu_count()} cores", flush=True)
     return out
 
 
-def cartpole(popsize: int, gens: int, ray_evaluator):
-    try:
-        from zoopt.problems.gym import GymProblem
-    except ImportError as exc:
-        print(f"(3) CartPole skipped: {exc}")
-        return None
+def gym_problem(env_id: str, episodes: int):
+    from zoopt.problems.gym import GymProblem
+
     def make_problem():
-        return GymProblem("CartPole-v1", policy="linear", episodes=4, obs_norm=False, seed=0)
+        return GymProblem(env_id, policy="linear", episodes=episodes, obs_norm=False, seed=0)
 
-    def steps_of(problem, spec_list):  # counted by the in-process run, the same episodes Ray runs
-        return (problem.env_steps - problem.timed_steps_from) / (len(spec_list) - 1)
+    return make_problem
 
-    return bench_scaling(ray_evaluator, "CartPole-v1 (linear policy, 4 episodes/member)",
-                         make_problem, popsize, gens, steps_of)
+
+class CountedSyntheticEnv(SyntheticEnvProblem):
+    """``SyntheticEnvProblem`` that counts its steps like GymProblem (``env_steps``) and merges worker counts."""
+
+    env_steps = 0
+
+    def evaluate(self, spec, members):
+        self.env_steps += len(members) * self.steps
+        return super().evaluate(spec, members)
+
+
+ENVS = {  # name -> (label, problem factory, popsize (default, --full), generations (default, --full))
+    "cartpole": ("CartPole-v1, linear policy, 4 episodes/member", gym_problem("CartPole-v1", 4), (256, 512), (8, 20)),
+    "halfcheetah": ("HalfCheetah-v5, linear policy, 1 episode/member", gym_problem("HalfCheetah-v5", 1),
+                    (64, 128), (3, 8)),
+    "synthetic": ("synthetic numpy env, 1000 steps/member", lambda: CountedSyntheticEnv(steps=1000), (32, 64), (6, 20)),
+}
 
 
 def plot(results: dict, path: str) -> None:
@@ -194,58 +376,93 @@ def plot(results: dict, path: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    scaling = {k: v for k, v in results.items() if k.startswith("steps_") and v}
-    fig, axes = plt.subplots(1, 1 + len(scaling), figsize=(4 * (1 + len(scaling)), 3.2))
-    ov = results["overhead"]
-    axes[0].bar(["local", "Ray 1", "Ray 2"], [ov["local_ms"], ov["ray1_ms"], ov["ray2_ms"]])
-    axes[0].set_ylabel("ms / generation")
-    axes[0].set_title("trivial fn, N=1024")
-    for ax, (name, r) in zip(axes[1:], scaling.items()):
-        ax.bar(["local", "Ray 1", "Ray 2"], [r["local_steps_per_s"], r["ray1_steps_per_s"], r["ray2_steps_per_s"]])
-        ax.set_ylabel("env steps / s")
-        ax.set_title(f"{name[6:]}: {r['speedup_2_vs_1']:.2f}x")
-    fig.suptitle(f"RayEvaluator on {os.cpu_count()} cores (shared machine: contention likely)", fontsize=9)
+    panels = []
+    if results.get("overhead"):
+        ov = results["overhead"]
+        panels.append(("trivial fn, N=1024", "ms / generation", ["local", "Ray 1", "Ray 2"],
+                       [ov["local_ms"], ov["ray1_ms"], ov["ray2_ms"]]))
+    for name, r in results.get("speedup", {}).items():
+        panels.append((f"{name}: 2 vs 1 actor {r['speedup_2_vs_1']:.2f}x", "env steps / s",
+                       ["local", "2 procs", "Ray 1", "Ray 2"],
+                       [r[k]["steps_per_s"] for k in ("local", "pool2", "ray1", "ray2")]))
+    if not panels:
+        return
+    fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.2), squeeze=False)
+    for ax, (title, ylabel, labels, values) in zip(axes[0], panels):
+        ax.bar(labels, values)
+        ax.set_ylabel(ylabel)
+        ax.set_title(title, fontsize=9)
+    fig.suptitle(f"RayEvaluator on {os.cpu_count()} cores, load average {results['load_average_end']:.1f} "
+                 "(shared machine: contention likely)", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
 
 
+PARTS = ("overhead", "bytes", "speedup")
+
+
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--full", action="store_true", help="more generations and a larger env population")
+    parser.add_argument("--parts", default=",".join(PARTS), help=f"comma-separated subset of {PARTS}")
+    parser.add_argument("--envs", default="cartpole,halfcheetah", help=f"speedup envs, subset of {tuple(ENVS)}")
+    parser.add_argument("--full", action="store_true", help="more generations and larger env populations")
     parser.add_argument("--out", default="runs/bench_ray")
     parser.add_argument("--params", type=int, default=1_000_000)
     args = parser.parse_args(argv)
-    torch.set_num_threads(2)
+    parts = [p for p in args.parts.split(",") if p]
+    envs = [e for e in args.envs.split(",") if e]
+    for name, allowed, values in (("--parts", PARTS, parts), ("--envs", tuple(ENVS), envs)):
+        bad = [v for v in values if v not in allowed]
+        if bad:
+            parser.error(f"{name}: unknown {bad}, choose from {allowed}")
+    os.environ["OMP_NUM_THREADS"] = "1"  # one thread everywhere: the actors' and the in-process baseline's
+    torch.set_num_threads(1)
     gens = 20 if args.full else 6
-    env_pop = 64 if args.full else 24
 
     from zoopt.workers.ray_cluster import connect
     from zoopt.workers.ray_evaluator import RayEvaluator
 
     start = time.perf_counter()
-    connect(None, num_cpus=2)
+    # 3 logical CPUs: the 1-actor and the 2-actor evaluators live side by side and take turns (never busy together)
+    connect(None, num_cpus=3, log_to_driver=False)
     print(f"Ray started in {time.perf_counter() - start:.1f} s; load average {os.getloadavg()[0]:.1f} "
-          f"on {os.cpu_count()} cores")
+          f"on {os.cpu_count()} cores", flush=True)
 
     def ray_evaluator(actors):
-        return RayEvaluator(actors, ranges_per_actor=4)
+        return RayEvaluator(actors, actor_config={"num_cpus": 1})
 
-    results = {"cores": os.cpu_count(), "load_average_start": os.getloadavg()[0], "full": args.full}
-    results["overhead"] = bench_overhead(ray_evaluator, gens)
-    results["bytes"] = bench_bytes(ray_evaluator, args.params, 2)
-    results["steps_synthetic"] = bench_scaling(ray_evaluator, "synthetic env (300 numpy steps/member)",
-                                               lambda: SyntheticEnvProblem(steps=300),
-                                               env_pop, max(3, gens // 2),
-                                               lambda p, s: float(s[0].popsize * p.steps))
-    results["steps_cartpole"] = cartpole(env_pop * 8, max(3, gens // 2), ray_evaluator)
+    results = {"cores": os.cpu_count(), "load_average_start": os.getloadavg()[0], "full": args.full,
+               "parts": parts}
+    if "overhead" in parts:
+        results["overhead"] = bench_overhead(ray_evaluator, gens)
+    if "bytes" in parts:
+        results["bytes"] = bench_bytes(ray_evaluator, args.params, 2)
+    if "speedup" in parts:
+        results["speedup"] = {}
+        for env in envs:
+            label, make_problem, pops, rounds = ENVS[env]
+            if env != "synthetic":
+                try:
+                    with quiet_stderr():
+                        make_problem().close()
+                except ImportError as exc:  # no gymnasium
+                    print(f"(3) {label} skipped: {exc}")
+                    continue
+                except Exception as exc:  # gymnasium without the env's extra (DependencyNotInstalled)
+                    if type(exc).__name__ != "DependencyNotInstalled":
+                        raise
+                    print(f"(3) {label} skipped: {exc}")
+                    continue
+            results["speedup"][env] = bench_speedup(label, make_problem, pops[args.full], rounds[args.full])
     results["load_average_end"] = os.getloadavg()[0]
-    print(f"load average at the end {results['load_average_end']:.1f} on {os.cpu_count()} cores: ratios above are "
-          "distorted when other processes share the cores")
+    print(f"load average at the end {results['load_average_end']:.1f} on {os.cpu_count()} cores: wall-clock ratios "
+          "above are distorted when other processes share the cores", flush=True)
     os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, "bench_ray.json"), "w") as f:
+    name = "bench_ray" if parts == list(PARTS) else "bench_ray_" + "_".join(parts)
+    with open(os.path.join(args.out, f"{name}.json"), "w") as f:
         json.dump(results, f, indent=2)
-    plot(results, os.path.join(args.out, "bench_ray.png"))
-    print(f"wrote {args.out}/bench_ray.json and bench_ray.png")
+    plot(results, os.path.join(args.out, f"{name}.png"))
+    print(f"wrote {args.out}/{name}.json and {name}.png")
     import ray
 
     ray.shutdown()

@@ -1,9 +1,11 @@
 """The Ray actor behind ``RayEvaluator``: one problem copy, evaluated slice by slice.
 
-Everything a task receives is small: the problem and the generation's
-payload (the spec without its center, plus the center) arrive as object-store
-references wrapped in a list, so Ray hands over the reference and the actor
-fetches it only when its key changes — once per problem, once per generation.
+Everything a task receives is small: the problem arrives as an object-store
+reference wrapped in a list (fetched once per problem). The generation's
+payload (the spec without its center, plus the center) comes with the first
+task an actor gets in that generation (a direct reference, which Ray resolves
+before the task runs); later tasks carry the boxed reference, which the actor
+fetches only if it lacks that payload.
 """
 from __future__ import annotations
 
@@ -37,6 +39,10 @@ class EvaluationActor:
 
         return time.process_time()
 
+    def pid(self) -> int:
+        """This actor's process id (benchmarks account its CPU apart from Ray's own processes)."""
+        return os.getpid()
+
     def load(self, key: int, problem_box: list) -> int:
         """Take a new problem (fetched from the object store); returns this process's pid."""
         import ray
@@ -45,22 +51,27 @@ class EvaluationActor:
         self.problem_key = key
         return os.getpid()
 
-    def _spec(self, key: int, payload_box: list):
+    def _spec(self, key: int, payload):
+        """The generation's spec; ``payload`` is ``(spec without center, center)`` itself (Ray resolved
+        the reference the first task of a generation carries) or the boxed reference, fetched only
+        when this actor does not hold payload ``key`` yet."""
         if key != self.payload_key:
-            import ray
+            if isinstance(payload, list):
+                import ray
 
-            small_spec, center = ray.get(payload_box[0])
+                payload = ray.get(payload[0])
+            small_spec, center = payload
             device = getattr(self.problem, "device", None) or "cpu"
             self.spec = small_spec.with_center(torch.tensor(center, device=device))
             self.payload_key = key
         return self.spec
 
-    def evaluate(self, problem_key: int, payload_key: int, payload_box: list, block):
+    def evaluate(self, problem_key: int, payload_key: int, payload, block):
         """Fitness of the members in ``block`` as float32; with a problem that keeps per-member
         statistics (``stats()``, e.g. GymProblem), ``(fitness, those members' statistics)``."""
         if problem_key != self.problem_key:
             raise RuntimeError(f"actor holds problem {self.problem_key}, task wants {problem_key}")
-        spec = self._spec(payload_key, payload_box)
+        spec = self._spec(payload_key, payload)
         members = members_of(block)
         fitness = self.problem.evaluate(spec, members)
         fitness = torch.as_tensor(fitness, dtype=torch.float32).detach().cpu().reshape(-1).numpy()
@@ -72,14 +83,14 @@ class EvaluationActor:
             stats = replace(stats, members={m: v for m, v in stats.members.items() if m in wanted})
         return fitness, stats
 
-    def noise_sum(self, payload_key: int, payload_box: list, block, weights: np.ndarray) -> np.ndarray:
+    def noise_sum(self, payload_key: int, payload, block, weights: np.ndarray) -> np.ndarray:
         """``sum_i w_i s_i eps_i`` over the members in ``block`` for a Gaussian spec.
 
         Antithetic ranges that start on an even member fold each pair into
         ``(w_2k - w_2k+1) eps_k``: one noise row per pair, the same arithmetic
         as ``OpenAIES.gradient`` on a chunk.
         """
-        spec = self._spec(payload_key, payload_box)
+        spec = self._spec(payload_key, payload)
         members = members_of(block)
         w = torch.tensor(weights, dtype=torch.float32)
         paired = (getattr(spec, "antithetic", False) and isinstance(block, tuple)

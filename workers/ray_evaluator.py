@@ -17,7 +17,21 @@ other samplers that own their RNG) carries its candidates by construction:
 they travel in the per-generation payload, once.
 
 Ranges come from a queue and go to whichever actor has room (``pipeline``
-tasks queued per actor), so fast actors take more. A range whose actor dies
+tasks queued per actor, filled breadth-first), so fast actors take more. The
+queue is planned by factoring self-scheduling: each round gives every actor
+one range of half of what remains split evenly, down to a tail range of
+``1/ranges_per_actor`` of an actor's share. Ranges are kept large on purpose:
+a batched problem (GymProblem steps a range's episodes in one vector env with
+one policy forward per step) pays a fixed cost per step of each range, so
+splitting a generation finely makes every member dearer, not just adds round
+trips. The default (2 ranges per actor) gives 2 actors four ranges of N/4,
+two each, queued at once; ``ranges_per_actor=8`` gives N/4, N/4, N/8, N/8,
+then N/16 ranges, for work whose cost varies a lot per member. One actor
+gets the whole generation as one range (the same batches as in-process
+evaluation).
+Each actor's first task of a generation carries the payload's reference as a
+direct argument, so Ray hands the payload over with the task (no extra fetch
+round trip); its later tasks reuse the copy it holds. A range whose actor dies
 (or whose evaluation exceeds ``timeout_s``, after which the actor is killed)
 is re-queued and the actor is replaced; fitness is assembled by member index,
 so the result equals the fault-free run's. The call either returns every
@@ -61,12 +75,38 @@ from .ray_cluster import cluster_counts, connect
 
 ACTOR_FAULTS = (RayActorError, ObjectLostError, GetTimeoutError)
 NUM_ACTORS_WORDS = ("max", "num_cpus", "num_gpus")
+SHORT_TASK_S = 0.05  # automatic pipelining: tasks shorter than this get a second one queued behind them
 
 
 def _serialized_bytes(obj) -> int:
     """Bytes Ray's serializer produces for ``obj`` (what a task argument costs on the wire)."""
     context = ray._private.worker.global_worker.get_serialization_context()
     return int(context.serialize(obj).total_bytes)
+
+
+def factoring_sizes(n: int, actors: int, ranges_per_actor: int = 2, align: int = 2) -> list[int]:
+    """Range sizes for ``n`` members on ``actors`` actors by factoring self-scheduling.
+
+    Each round deals one range per actor of half the remaining members split
+    evenly, never below the tail size ``n / (actors * ranges_per_actor)``;
+    sizes are multiples of ``align`` (the last may be shorter). One actor gets
+    one range of everything.
+    """
+    if n <= 0:
+        return []
+    if actors <= 1:
+        return [n]
+    tail = math.ceil(n / (actors * ranges_per_actor))
+    sizes, remaining = [], n
+    while remaining > 0:
+        size = max(tail, math.ceil(remaining / (2 * actors)))
+        size = math.ceil(size / align) * align
+        for _ in range(actors):
+            if remaining <= 0:
+                break
+            sizes.append(min(size, remaining))
+            remaining -= sizes[-1]
+    return sizes
 
 
 class _Slot:
@@ -81,6 +121,7 @@ class _Slot:
         self.start_ref = None
         self.start_since = 0.0
         self.tasks: list = []
+        self.payload_key = None  # the latest payload this actor was sent (it keeps a copy)
 
     @property
     def starting(self) -> bool:
@@ -100,10 +141,15 @@ class RayEvaluator:
 
     ``address``: None starts a private local cluster on 127.0.0.1 (or reuses
     the Ray this process already has), ``"auto"`` or ``"host:port"`` joins one.
-    ``chunk``: members per task (default: enough for ``ranges_per_actor``
-    tasks per actor, a multiple of the problem's own ``chunk`` when it has one
-    so batched forwards see the same batches as in-process evaluation).
-    ``pipeline``: tasks queued per actor (2 hides the driver round trip).
+    ``chunk``: members per task (default: the factoring plan above, ranges
+    a multiple of the problem's own ``chunk`` when it has one so batched
+    forwards see the same batches as in-process evaluation).
+    ``ranges_per_actor``: the tail range is ``N / (num_actors * ranges_per_actor)``
+    members (bigger: finer balance at the end, more round trips and smaller
+    batches). ``pipeline``: tasks queued per actor; 2 hides the driver round
+    trip, 1 keeps ranges in the queue for whichever actor frees first. None
+    (default) picks 2 while ranges take under ``SHORT_TASK_S`` (the round trip
+    matters) and 1 once they take longer (it does not; balancing does).
     ``timeout_s``: an evaluation task running longer is treated as hung: its
     actor is killed and replaced, its range re-run. ``max_retries``: re-runs of
     one range before the generation fails with RuntimeError.
@@ -114,13 +160,14 @@ class RayEvaluator:
 
     def __init__(self, num_actors="max", *, num_gpus_per_actor=None, actor_config: dict | None = None,
                  address: str | None = None, num_cpus: int | None = None, threads_per_actor: int | None = None,
-                 chunk: int | None = None, ranges_per_actor: int = 4, pipeline: int = 2, sum_chunk: int = 512,
+                 chunk: int | None = None, ranges_per_actor: int = 2, pipeline: int | None = None, sum_chunk: int = 512,
                  timeout_s: float | None = None, max_retries: int = 3, start_timeout_s: float = 300.0,
                  connect_timeout_s: float = 10.0):
         self._check_args(num_actors, num_gpus_per_actor, actor_config, threads_per_actor, chunk,
                          ranges_per_actor, pipeline, sum_chunk, timeout_s, max_retries, start_timeout_s)
         self.chunk, self.ranges_per_actor, self.sum_chunk = chunk, int(ranges_per_actor), int(sum_chunk)
-        self.pipeline = int(pipeline)
+        self.pipeline = pipeline if pipeline is None else int(pipeline)
+        self._task_s = None  # running mean of how long a task takes once at the head of its actor's queue
         self.timeout_s, self.max_retries, self.start_timeout_s = timeout_s, int(max_retries), float(start_timeout_s)
         self.started_ray = connect(address, num_cpus=num_cpus, connect_timeout_s=connect_timeout_s)
         self._local_cluster = address is None
@@ -155,7 +202,9 @@ class RayEvaluator:
         for name, value in (("threads_per_actor", threads_per_actor), ("chunk", chunk)):
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
                 raise ValueError(f"{name} must be an int >= 1 or None, got {value!r}")
-        for name, value in (("ranges_per_actor", ranges_per_actor), ("pipeline", pipeline), ("sum_chunk", sum_chunk)):
+        if pipeline is not None and (isinstance(pipeline, bool) or not isinstance(pipeline, int) or pipeline < 1):
+            raise ValueError(f"pipeline must be an int >= 1 or None (automatic), got {pipeline!r}")
+        for name, value in (("ranges_per_actor", ranges_per_actor), ("sum_chunk", sum_chunk)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be an int >= 1, got {value!r}")
         if timeout_s is not None and not (isinstance(timeout_s, (int, float)) and timeout_s > 0):
@@ -269,22 +318,26 @@ class RayEvaluator:
         self.traffic["payload_bytes"] += _serialized_bytes((small, center))
         return self._payload_key, box
 
-    def _blocks(self, idx: torch.Tensor, size: int) -> list:
+    @staticmethod
+    def _blocks(idx: torch.Tensor, sizes) -> list:
+        """Consecutive slices of ``idx`` with the given sizes: ``(start, stop)`` when ``idx`` is a
+        contiguous range, else index arrays."""
         n = idx.numel()
         contiguous = n > 0 and bool(torch.equal(idx, torch.arange(int(idx[0]), int(idx[0]) + n)))
-        blocks = []
-        for s in range(0, n, size):
+        blocks, s = [], 0
+        for size in sizes:
             e = min(s + size, n)
             blocks.append((int(idx[0]) + s, int(idx[0]) + e) if contiguous else idx[s:e].numpy())
+            s = e
         return blocks
 
-    def _block_size(self, problem, n: int) -> int:
+    def _block_sizes(self, problem, n: int) -> list[int]:
+        """The generation's range sizes, in queue order (see the module docstring)."""
         if self.chunk:
-            return self.chunk
-        size = max(1, math.ceil(n / (self.num_actors * self.ranges_per_actor)))
+            return [self.chunk] * math.ceil(n / self.chunk)
         align = getattr(problem, "chunk", None)
-        align = align if isinstance(align, int) and align > 0 else 2
-        return math.ceil(size / align) * align
+        align = align if isinstance(align, int) and align > 0 else 2  # antithetic pairs stay together
+        return factoring_sizes(n, len(self._slots) or self.num_actors, self.ranges_per_actor, align)
 
     def __call__(self, problem, spec, members=None) -> torch.Tensor:
         idx = member_index(members, spec.popsize)
@@ -295,11 +348,11 @@ class RayEvaluator:
         if keeps_stats and callable(getattr(problem, "share_stats", None)):
             problem.share_stats(spec)  # the driver copy's frozen statistics ride in spec.extras
         key, box = self._put_payload(spec)
-        blocks = self._blocks(idx, self._block_size(problem, idx.numel()))
+        blocks = self._blocks(idx, self._block_sizes(problem, idx.numel()))
         problem_key = self._problem_key
 
-        def submit(actor, block):
-            return actor.evaluate, (problem_key, key, box, block)
+        def submit(slot, block):
+            return slot.actor.evaluate, (problem_key, key, self._payload_arg(slot, key, box), block)
 
         parts = self._schedule(blocks, submit)
         if parts and isinstance(parts[0], tuple):  # (fitness, per-member statistics) per block
@@ -332,14 +385,14 @@ class RayEvaluator:
         if w.shape != (idx.numel(),):
             raise ValueError(f"weights must have one entry per member ({idx.numel()}), got shape {w.shape}")
         key, box = self._put_payload(spec)
-        blocks = self._blocks(idx, self.sum_chunk)
+        blocks = self._blocks(idx, [self.sum_chunk] * math.ceil(idx.numel() / self.sum_chunk))
         offsets = np.cumsum([0] + [b[1] - b[0] if isinstance(b, tuple) else len(b) for b in blocks])
         weight_of = {i: w[offsets[i]:offsets[i + 1]] for i in range(len(blocks))}
         blocks = [(i, b) for i, b in enumerate(blocks)]
 
-        def submit(actor, item):
+        def submit(slot, item):
             i, block = item
-            return actor.noise_sum, (key, box, block, weight_of[i])
+            return slot.actor.noise_sum, (key, self._payload_arg(slot, key, box), block, weight_of[i])
 
         parts = self._schedule(blocks, submit)
         total = torch.zeros(spec.dim, dtype=torch.float32)
@@ -348,12 +401,23 @@ class RayEvaluator:
         self.traffic["result_bytes"] += sum(p.nbytes for p in parts)
         return total
 
+    @staticmethod
+    def _payload_arg(slot: _Slot, key: int, box: list):
+        """The payload reference itself for an actor's first task with this payload (Ray resolves it
+        and hands the value over with the task), the boxed reference (not fetched) after that."""
+        if slot.payload_key == key:
+            return box
+        slot.payload_key = key
+        return box[0]
+
     # -- the queue ----------------------------------------------------------------
     def _schedule(self, blocks: list, submit) -> list:
-        """Run the ``(method, args)`` that ``submit(actor, block)`` names for every block; results in block order.
+        """Run the ``(method, args)`` that ``submit(slot, block)`` names for every block; results in block order.
 
         Each actor gets up to ``pipeline`` tasks queued so it never idles on a
-        round trip; blocks go to whichever actor has room, so fast actors take more.
+        round trip, dealt breadth-first (every actor's first task before any
+        second one, so the big ranges at the head of the queue are spread);
+        blocks go to whichever actor has room, so fast actors take more.
         """
         queue = deque(range(len(blocks)))
         results = [None] * len(blocks)
@@ -362,10 +426,12 @@ class RayEvaluator:
         for slot in self._slots:
             slot.tasks = []  # leftovers of a generation that raised: their results are not wanted
         while queue or any(slot.tasks for slot in self._slots):
-            for slot in self._slots:
-                while not slot.starting and queue and len(slot.tasks) < self.pipeline:
+            for depth in range(1, self._pipeline_depth() + 1):
+                for slot in self._slots:
+                    if slot.starting or not queue or len(slot.tasks) >= depth:
+                        continue
                     i = queue.popleft()
-                    method, args = submit(slot.actor, blocks[i])
+                    method, args = submit(slot, blocks[i])
                     slot.tasks.append([method.remote(*args), i, time.monotonic()])
                     self.traffic["task_bytes"] += _serialized_bytes(args)
                     self.traffic["tasks"] += 1
@@ -400,11 +466,20 @@ class RayEvaluator:
                     continue
                 head = slot.tasks[0] is task
                 slot.tasks.remove(task)
-                if head and slot.tasks:
-                    slot.tasks[0][2] = time.monotonic()  # the next task starts running now
+                now = time.monotonic()
+                if head:
+                    took = now - task[2]
+                    self._task_s = took if self._task_s is None else 0.8 * self._task_s + 0.2 * took
+                    if slot.tasks:
+                        slot.tasks[0][2] = now  # the next task starts running now
                 results[task[1]] = value
             self._reap_overdue(blocks, failures, queue)
         return results
+
+    def _pipeline_depth(self) -> int:
+        if self.pipeline is not None:
+            return self.pipeline
+        return 2 if self._task_s is None or self._task_s < SHORT_TASK_S else 1
 
     def _next_deadline(self):
         deadlines = []
