@@ -35,8 +35,9 @@ from zoopt.merge.whitebox import dare, ties
 class Fitness:
     """evaluate_many over the slot model; counts queries."""
 
-    def __init__(self, slot_model, pool, examples):
+    def __init__(self, slot_model, pool, examples, progress=False):
         self.slot_model, self.pool, self.examples, self.queries = slot_model, pool, examples, 0
+        self.progress, self.started = progress, time.perf_counter()
 
     def __call__(self, pairs):
         losses = []
@@ -46,6 +47,9 @@ class Fitness:
                 self.slot_model.write(slot, merge_factors(self.pool, a, b))
             losses += self.slot_model.losses([(slot, self.examples) for slot in range(len(chunk))])
         self.queries += len(pairs)
+        if self.progress:
+            print(f"    {self.queries:5d} queries  min loss {min(losses):.4f}  {time.perf_counter() - self.started:6.0f} s",
+                  flush=True)
         return losses
 
 
@@ -80,7 +84,7 @@ def run_target(target, slot_model, tokenizer, pool, args, on_row=None):
         if on_row:
             on_row(rows)
 
-    fit = Fitness(slot_model, pool, val_ex)
+    fit = Fitness(slot_model, pool, val_ex, progress=args.progress)
     t = time.perf_counter()
     loss = fit([([1.0] * n, [1.0 / n] * n)])[0]
     record("uniform average", [1.0] * n, [1.0 / n] * n, loss, 1, time.perf_counter() - t)
@@ -104,12 +108,15 @@ def run_target(target, slot_model, tokenizer, pool, args, on_row=None):
                    if len(stages) == 2 else {f"budget_{stages[0]}": args.budget})
         search = EvoMerge(n, popsize=args.popsize, seed=args.seed, **budgets, **opts)
         t, fit.queries = time.perf_counter(), 0
+        fit.started = t
         result = search.run(fit)
         record(name, result["alpha"], result["beta"], result["loss"], fit.queries, time.perf_counter() - t,
                history=result["history"], alpha=result["alpha"], beta=result["beta"])
 
     # white-box grids (density or drop rate x scale), picked on validation
     for method, rates in (("TIES (white-box)", [0.2, 0.5, 1.0]), ("DARE (white-box)", [0.5, 0.9])):
+        if not args.whitebox:
+            break
         t, best_cfg = time.perf_counter(), None
         slot_model.write(0, {m: (torch.zeros_like(pool.A[m][0]), torch.zeros_like(pool.B[m][0]))
                              for m in pool.modules})
@@ -135,6 +142,8 @@ def main():
     ap.add_argument("--popsize", type=int, default=20)
     ap.add_argument("--seed", type=int, default=42)
     ap.add_argument("--no-ablations", dest="ablations", action="store_false")
+    ap.add_argument("--progress", action="store_true", help="print every generation of the searches")
+    ap.add_argument("--no-whitebox", dest="whitebox", action="store_false", help="skip the TIES and DARE references")
     ap.add_argument("--full", action="store_true", help="300 val examples, 400 + 800 queries")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", default="runs/bench_merge")

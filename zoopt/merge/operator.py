@@ -49,6 +49,51 @@ def sparsify(x: torch.Tensor, alpha: torch.Tensor, mask: str = "topk", sorted_ab
     raise ValueError(f"mask must be one of {MASKS}, got {mask!r}")
 
 
+class ShapeGroups:
+    """The pool's modules stacked by shape, so one top-k merge is a few tensor ops
+    per shape instead of several per module (a 30-layer model has 210 modules
+    but 7 shapes). Built once per pool and cached on it."""
+
+    def __init__(self, pool):
+        by_shape = {}
+        for module in pool.modules:
+            key = (tuple(pool.A[module].shape[1:]), tuple(pool.B[module].shape[1:]))
+            by_shape.setdefault(key, []).append(module)
+        self.groups = []
+        for (a_shape, b_shape), modules in by_shape.items():
+            a = torch.stack([pool.A[m].reshape(pool.size, -1) for m in modules], 1)     # [N, L, numel_A]
+            b = torch.stack([pool.B[m].reshape(pool.size, -1) for m in modules], 1)     # [N, L, numel_B]
+            abs_a = a.abs()
+            sorted_abs = abs_a.sort(dim=2, descending=True).values
+            self.groups.append((modules, a_shape, b_shape, a, abs_a, sorted_abs, b))
+
+    def sparse_a(self, alpha: torch.Tensor) -> list:
+        """Per group, the stacked S_alpha_i(A_i); the last alpha's result is kept,
+        since stage 2 (and LoRAHub) query many betas with one alpha."""
+        key = alpha.tolist()
+        cached = getattr(self, "_cache", None)   # one (alpha, stacks) tuple: swapped atomically
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        stacks = []
+        for _, _, _, a, abs_a, sorted_abs, _ in self.groups:
+            k = keep_counts(alpha, a.shape[2])                                           # [N]
+            idx = (k - 1).clamp(min=0).view(-1, 1, 1).expand(-1, a.shape[1], 1)
+            tau = sorted_abs.gather(2, idx)                                              # [N, L, 1]
+            keep = (abs_a >= tau) & (k > 0).view(-1, 1, 1)
+            stacks.append(torch.where(keep, a, torch.zeros((), dtype=a.dtype)))
+        self._cache = (key, stacks)
+        return stacks
+
+    def merge(self, alpha: torch.Tensor, beta: torch.Tensor) -> dict:
+        out = {}
+        for (modules, a_shape, b_shape, _, _, _, b), sa in zip(self.groups, self.sparse_a(alpha)):
+            merged_a = torch.tensordot(beta, sa, dims=1)                                 # [L, numel_A]
+            merged_b = torch.tensordot(beta, b, dims=1)                                  # [L, numel_B]
+            for j, m in enumerate(modules):
+                out[m] = (merged_a[j].view(a_shape), merged_b[j].view(b_shape))
+        return out
+
+
 def merge_factors(pool, alpha, beta, mask: str = "topk", sparsify_b: bool = False, seed: int = 0) -> dict:
     """``{module: (A [r, d_in], B [d_out, r])}`` of the merged adapter."""
     alpha = torch.as_tensor(alpha, dtype=torch.float32).reshape(-1)
@@ -56,6 +101,11 @@ def merge_factors(pool, alpha, beta, mask: str = "topk", sparsify_b: bool = Fals
     if alpha.numel() != pool.size or beta.numel() != pool.size:
         raise ValueError(f"alpha and beta must have {pool.size} entries (the pool size), "
                          f"got {alpha.numel()} and {beta.numel()}")
+    if mask == "topk" and not sparsify_b:
+        groups = getattr(pool, "_shape_groups", None)
+        if groups is None:
+            groups = pool._shape_groups = ShapeGroups(pool)
+        return groups.merge(alpha, beta)
     out = {}
     for i, module in enumerate(pool.modules):
         a = sparsify(pool.A[module], alpha, mask, pool.sorted_abs_A.get(module) if mask == "topk" else None,
