@@ -24,6 +24,7 @@ import time
 
 import torch
 
+from zoopt.problems import ModuleProblem
 from zoopt.problems.zoo import MODELS, make_model, smooth_twin, zoo_data
 
 METHOD_NAMES = ("polystep", "polystep_official", "openai_es", "sep_cma_es", "spsa", "eggroll", "adam")
@@ -166,16 +167,60 @@ class OfficialPolyStep(Stepper):
         return float(self.opt.step_batch(x, y, loss_fn=self.loss_fn))
 
 
-class StrategyStepper(Stepper):
-    """A zoopt ask/tell strategy on the flat parameter vector; each generation sees one minibatch."""
+TRAIN_BATCH_KEY = "train_batch"  # spec.extras entry naming a generation's minibatch for out-of-process evaluation
 
-    def __init__(self, model, strategy, chunk: int = 64, loss_fn=None):
+
+def epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
+    """The order in which epoch ``epoch`` visits the ``n`` training examples (``fit`` and Ray actors agree)."""
+    return torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
+
+
+class TrainSplitProblem(ModuleProblem):
+    """The training split and the model, shipped once to each Ray actor; each spec names its minibatch in
+    ``spec.extras[TRAIN_BATCH_KEY]``: ``(epoch, k)`` (rows drawn as ``fit`` draws them) or ``(x, y)`` itself."""
+
+    def __init__(self, model, loss_fn, x, y, batch_size: int, seed: int, chunk: int = 64):
+        super().__init__(model, loss_fn, (x[:1], y[:1]), chunk=chunk)
+        self.x, self.y, self.batch_size, self.seed = x, y, int(batch_size), int(seed)
+
+    def batch_of(self, spec):
+        named = spec.extras[TRAIN_BATCH_KEY]
+        if isinstance(named[0], torch.Tensor):
+            return named
+        epoch, k = named
+        rows = epoch_order(len(self.x), self.seed, epoch)[k * self.batch_size:(k + 1) * self.batch_size]
+        return self.x[rows], self.y[rows]
+
+    @torch.no_grad()
+    def evaluate(self, spec, members) -> torch.Tensor:  # ModuleProblem.evaluate, on the named batch
+        x, y = self.batch_of(spec)
+        members = list(members)
+        return torch.cat([self.member_losses(self.unflatten(spec.points(members[s:s + self.chunk])), x, y)
+                          .reshape(-1) for s in range(0, len(members), self.chunk)]).float()
+
+
+class StrategyStepper(Stepper):
+    """A zoopt ask/tell strategy on the flat parameter vector; each generation sees one minibatch.
+
+    ``evaluator`` (e.g. a ``RayEvaluator``) evaluates members out of process:
+    ``train = (x_train, y_train, batch_size, seed)`` is shipped once with the
+    model, and per generation only the batch's ``(epoch, k)`` travels (``fit``
+    sets ``batch_key`` before each step; without it the batch itself is sent).
+    """
+
+    def __init__(self, model, strategy, chunk: int = 64, loss_fn=None, evaluator=None, train=None):
         super().__init__(model)
         from zoopt.problems import ModuleProblem
 
         self.name = strategy.name
         self.strategy = strategy
         self.batch = None
+        self.batch_key = None
+        self.evaluator, self.shipped = evaluator, None
+        if evaluator is not None:
+            if train is None:
+                raise ValueError("an out-of-process evaluator needs train=(x_train, y_train, batch_size, seed)")
+            self.shipped = TrainSplitProblem(model, loss_fn or torch.nn.CrossEntropyLoss(), *train, chunk=chunk)
         class OnDevice(ModuleProblem):  # strategies keep their center on the CPU; the model may not be
             def member_losses(self, params, x, y):
                 return super().member_losses({k: v.to(x.device) for k, v in params.items()}, x, y).cpu()
@@ -188,7 +233,12 @@ class StrategyStepper(Stepper):
 
         self.batch = (x, y)
         spec = self.strategy.ask()
-        fitness = self.problem.evaluate(spec, range(spec.popsize))
+        if self.evaluator is None:
+            fitness = self.problem.evaluate(spec, range(spec.popsize))
+        else:
+            spec.extras[TRAIN_BATCH_KEY] = self.batch_key if self.batch_key is not None else (x, y)
+            fitness = self.evaluator(self.shipped, spec)
+        self.batch_key = None
         self.strategy.tell(fitness)
         self.forward_passes += spec.popsize
         load_flat(self.model, self.strategy.center)
@@ -272,11 +322,19 @@ ES_DEFAULTS = {  # polystep.md §4.1 baselines
 
 
 def make_stepper(method: str, model, *, model_name: str, total_steps: int, seed: int = 0,
-                 polystep_overrides: dict | None = None, options: dict | None = None) -> Stepper:
-    """A stepper for ``method`` training ``model`` (a zoo net named ``model_name``)."""
+                 polystep_overrides: dict | None = None, options: dict | None = None, evaluator=None,
+                 train=None) -> Stepper:
+    """A stepper for ``method`` training ``model`` (a zoo net named ``model_name``).
+
+    ``evaluator`` and ``train`` (see :class:`StrategyStepper`) evaluate the
+    members of the ES methods (``openai_es``, ``sep_cma_es``, ``spsa``) out of process.
+    """
     from zoopt.problems import flatten_params
 
     options = dict(options or {})
+    if evaluator is not None and method not in ES_DEFAULTS:
+        raise ValueError(f"an evaluator (--backend ray) serves the ES methods {tuple(ES_DEFAULTS)}; "
+                         f"{method!r} evaluates in process")
     if method in ("polystep", "polystep_official"):
         cfg = polystep_config(model_name, **(polystep_overrides or {}))
         cls = OursPolyStep if method == "polystep" else OfficialPolyStep
@@ -297,7 +355,7 @@ def make_stepper(method: str, model, *, model_name: str, total_steps: int, seed:
         else:
             from zoopt.spsa import SPSA
             strategy = SPSA(x0, seed=seed, iterations=max(1, total_steps), **opts)
-        stepper = StrategyStepper(model, strategy)
+        stepper = StrategyStepper(model, strategy, evaluator=evaluator, train=train)
         stepper.name = method
         return stepper
     raise ValueError(f"method must be one of {METHOD_NAMES}, got {method!r}")
@@ -348,11 +406,12 @@ def fit(stepper: Stepper, data: dict, *, epochs: int, batch_size: int, seed: int
     out_of_time = False
     try:
         for epoch in range(len(records), epochs):
-            order = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
+            order = epoch_order(len(x), seed, epoch)
             losses = []
             for k in range(per_epoch):
                 idx = order[k * batch_size:(k + 1) * batch_size]
                 t0 = time.perf_counter()
+                stepper.batch_key = (epoch, k)  # lets an out-of-process evaluator draw the batch itself
                 loss = stepper.step(x[idx], y[idx])
                 train_time += time.perf_counter() - t0
                 steps += 1
@@ -445,6 +504,9 @@ def register(sub) -> None:
     p.add_argument("--popsize", type=int, default=None, help="population size (openai_es, sep_cma_es, eggroll)")
     p.add_argument("--sigma", type=float, default=None, help="noise scale (openai_es, sep_cma_es, eggroll)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--workers", type=int, default=1, help="evaluation workers (more than 1: Ray actors)")
+    p.add_argument("--backend", choices=("local", "ray"), default=None,
+                   help="where ES members are evaluated (default: local for 1 worker, ray for more)")
     p.add_argument("--out", default=None, help="run folder (default runs/train-MODEL-METHOD)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--resume", action="store_true",
@@ -462,12 +524,44 @@ def main(args) -> int:
     model = make_model(args.model, seed=args.seed, in_features=n_in, num_classes=max(n_cls, 10))
     per_epoch = max(1, len(data["x_train"]) // args.batch_size)
     options = {k: v for k, v in (("lr", args.lr), ("popsize", args.popsize), ("sigma", args.sigma)) if v is not None}
+    evaluator = _make_evaluator(args.workers, args.backend, args.method)
     try:
         stepper = make_stepper(args.method, model, model_name=args.model, total_steps=args.epochs * per_epoch,
                                seed=args.seed, polystep_overrides={"rank": args.rank, "polytope": args.polytope},
-                               options=options)
+                               options=options, evaluator=evaluator,
+                               train=(data["x_train"], data["y_train"], args.batch_size, args.seed))
     except (RuntimeError, ImportError) as exc:  # a method whose implementation is not installed
+        _close(evaluator)
         raise SystemExit(f"zoopt train: method {args.method!r} is not available: {exc}") from None
+    try:
+        return _run(args, out, data, model, stepper)
+    finally:
+        _close(evaluator)
+
+
+def _make_evaluator(workers, backend, method):
+    """None (in process) or a RayEvaluator with ``workers`` actors."""
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise SystemExit(f"zoopt train: --workers must be an int >= 1, got {workers!r}")
+    backend = backend or ("ray" if workers > 1 else "local")
+    if backend == "local":
+        if workers > 1:
+            raise SystemExit("zoopt train: --workers N > 1 needs --backend ray (the local backend is one process)")
+        return None
+    if method not in ES_DEFAULTS:
+        raise SystemExit(f"zoopt train: --backend ray evaluates the ES methods {tuple(ES_DEFAULTS)}; "
+                         f"{method!r} steps in process (drop --backend/--workers)")
+    from zoopt.workers import make_evaluator
+
+    return make_evaluator("ray", num_actors=workers)
+
+
+def _close(evaluator) -> None:
+    if evaluator is not None:
+        evaluator.close()
+
+
+def _run(args, out, data, model, stepper) -> int:
     resume = None
     if args.resume:
         path = os.path.join(out, "checkpoint.pt")
