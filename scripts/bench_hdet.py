@@ -1,15 +1,29 @@
 """HDET vs plain data-parallel OneCycleLR on a byte-level LM of Python's stdlib.
 
 (1) Stability/quality: plain data-parallel OneCycleLR (torch's own scheduler) at 5 peak LRs,
-    each with the same compute as one HDET run (N micro-batches per step, gradients averaged),
-    vs one HDET run (exact single-process simulation of N replicas) whose OneCycle peak is the
-    highest of the 5. Reports the final validation loss and whether each run diverged
-    (non-finite, or no better than the unigram predictor).
+    each with the same compute as one HDET run (N micro-batches forward+backward per step,
+    gradients averaged, the same number of steps; HDET adds no extra forward passes), vs one
+    HDET run (exact single-process simulation of N replicas) whose OneCycle peak is the highest
+    of the 5, and two HDET ablations (no auto-LR; no spread, i.e. the controller's schedule with
+    Δ = 0). Reports the final validation loss and whether each run diverged (non-finite, or no
+    better than the unigram predictor).
 (2) Overhead: per-step wall time of HDET vs plain data-parallel (DDP over 2 gloo processes)
     at T = 100 and T = 1000, measured in interleaved blocks, plus a component estimate
     (per-step bookkeeping + per-sync cost / T) that is less sensitive to a shared machine.
 
-    python scripts/bench_hdet.py            # CPU size (minutes)
+Benchmark design (fixed on the TUNING seed 0, reported on other seeds, default --seeds 1 2):
+  * the grid is geometric, x3 apart, ending at 0.4 = the lowest LR tried at which plain
+    OneCycle diverged on seed 0 (0.3: 3.02 nats/byte, 0.4: 4.40, unigram 3.14), so the best
+    LR lies inside the grid: 0.4/81 .. 0.4.
+  * HDET's settings were chosen on seed 0 among the alternatives listed in the results note:
+    the controller owns the base LR from step 0 ('controller' schedule: hold at
+    max_lr/div_factor, decay γ towards the floor, zero-order steps), floor = 0.03 x peak, paper
+    defaults σ = 0.1, β = 0.9, λ = 0.5, spread α = 0.5, T = 10.
+  * a result on seed 0 is marked "tuning_seed": true in the JSON; only other seeds are reports.
+  * single runs are chaotic: the same schedule with a different float summation order ends
+    about ±0.05 nats/byte apart after 200 steps, so compare over several report seeds.
+
+    python scripts/bench_hdet.py            # CPU size (minutes per seed)
     python scripts/bench_hdet.py --full     # longer runs, bigger model
 Writes runs/bench_hdet/results.json and bench_hdet.png.
 """
@@ -36,6 +50,28 @@ import hdet_charlm as lm  # noqa: E402
 from zoopt import HDETOneCycleLR, HDETSimulation  # noqa: E402
 
 warnings.filterwarnings("ignore", message=".*lr_scheduler.*")
+TUNING_SEED = 0      # the seed the grid and HDET settings were chosen on
+# What was tried on the tuning seed (200 steps, 4 replicas, T = 10 unless said; final validation
+# nats/byte). Kept so the choice of defaults can be checked; none of it was run on a report seed.
+TUNING_LOG = {
+    "plain x3 grid": {"0.0049": 2.320, "0.0148": 2.282, "0.0444": 2.245, "0.133": 2.647, "0.4": "4.397 diverged"},
+    "plain half-decade grid": {"0.01": 2.290, "0.03": 2.243, "0.1": 2.623, "0.3": 3.018, "1.0": "21.2 diverged"},
+    "float-order noise": "plain 0.03 vs the simulation with α = 0 and no auto-LR (same maths): 2.243 vs 2.196",
+    "HDET peak 0.4, controller schedule, S_warm 0, α 0.5": {
+        "σ .1 β .9 λ .5 floor .03 (chosen)": 2.192, "same, floor .01": 2.220, "same, floor .003": 2.292,
+        "σ .02 β .5 λ 1 floor .01": 2.229, "no spread (Δ = 0) floor .01": 2.255},
+    "HDET peak 1.0 (half-decade grid), controller schedule": {
+        "S_warm 20 floor .01": 2.848, "S_warm 20 floor .001": 2.859, "S_warm 0 floor .01": 2.550,
+        "S_warm 0 floor .001": 2.618, "S_warm 0 floor .005 σ .02 β .5 λ 1": 2.573,
+        "S_warm 0 floor .001 α .8 β 0 λ 1": 2.647, "no spread S_warm 0 floor .01": 2.573,
+        "signal = loss of all replicas on one shared 32-sequence batch at the window end, σ .1": 2.542,
+        "same, T 20": 2.561, "same, floor .005 σ .02 β .5 λ 1": 2.625},
+    "HDET peak 1.0, 'onecycle' schedule (controller scales the running curve), S_warm 0": {
+        "σ .1 β .5 λ 1": 3.754, "σ .1 β 0 λ 1": 3.140, "σ .1 β .9 λ .5": 4.530, "T 5 β 0 λ 1": 2.892,
+        "α .8 β 0 λ 1": 2.954, "T 5 α .8 σ .03 β 0 λ 1": 2.825, "σ .02 β .5 λ 1": 3.095,
+        "same, T 5": 2.883, "same, shared-batch signal": 2.913},
+    "spread + averaging without auto-LR, peak 0.4": {"α .5": "3.45 diverged", "α .9": "3.60 diverged"},
+}
 
 
 def parse(argv=None):
@@ -46,13 +82,15 @@ def parse(argv=None):
     ap.add_argument("--context", type=int, default=64)
     ap.add_argument("--d-model", type=int, default=64)
     ap.add_argument("--layers", type=int, default=2)
-    ap.add_argument("--lrs", type=float, nargs=5, default=[1e-2, 3e-2, 1e-1, 3e-1, 1.0])
+    ap.add_argument("--lrs", type=float, nargs=5, default=[0.4 / 3 ** k for k in (4, 3, 2, 1, 0)],
+                    help="the 5 plain peaks; HDET starts at the highest (default x3 grid ending at 0.4)")
     ap.add_argument("--spread", type=float, default=0.5)
     ap.add_argument("--sync-every", type=int, default=10)
-    ap.add_argument("--auto-lr-start", type=int, default=None, help="default: 10%% of the steps")
+    ap.add_argument("--auto-lr-start", type=int, default=0,
+                    help="S_warm (0: the controller owns the LR from the first step)")
     ap.add_argument("--temperature", type=float, default=0.1)
     ap.add_argument("--momentum", type=float, default=0.9, help="β of the LR controller")
-    ap.add_argument("--floor", type=float, default=1e-2, help="LR floor as a fraction of the peak ('controller')")
+    ap.add_argument("--floor", type=float, default=3e-2, help="LR floor as a fraction of the peak ('controller')")
     ap.add_argument("--meta-lr", type=float, default=0.5, help="λ of the LR controller")
     ap.add_argument("--schedule-after-start", default="controller", choices=["controller", "onecycle"])
     ap.add_argument("--overhead-steps", type=int, default=1000, help="steps per round (>= 1000: one T=1000 sync)")
@@ -61,7 +99,8 @@ def parse(argv=None):
     ap.add_argument("--only-hdet", action="store_true", help="skip the plain sweep (for tuning HDET)")
     ap.add_argument("--no-ablations", dest="ablations", action="store_false",
                     help="skip the HDET runs without controller / without spread")
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seeds", type=int, nargs="+", default=[1, 2],
+                    help=f"seeds to report on (settings were tuned on seed {TUNING_SEED})")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", default="runs/bench_hdet")
     ap.add_argument("--full", action="store_true")
@@ -69,8 +108,7 @@ def parse(argv=None):
     if args.full:
         args.steps, args.batch, args.context, args.d_model, args.layers = 3000, 32, 128, 256, 4
         args.sync_every, args.overhead_rounds = 50, 3
-    if args.auto_lr_start is None:
-        args.auto_lr_start = args.steps // 10
+    args.seed = args.seeds[0]
     return args
 
 
@@ -121,7 +159,8 @@ def run_hdet(args, data, peak, **override):
         curve.append(float(losses.mean()))
         if not torch.isfinite(losses).any():
             break
-    return model, curve, base
+    syncs = [{"step": h["step"], "base": h["base"], "delta": h["delta"]} for h in sim.history]
+    return model, curve, base, syncs
 
 
 def sweep(args):
@@ -136,24 +175,29 @@ def sweep(args):
         jobs += [("hdet-no-autolr", top, {"auto_lr": False}), ("hdet-no-spread", top, {"spread": 0.0})]
     for kind, peak, override in jobs:
         t0 = time.perf_counter()
-        model, curve, base = run_plain(args, data, peak) if kind == "plain" else run_hdet(args, data, peak, **override)
+        model, curve, base, *syncs = (run_plain(args, data, peak) if kind == "plain"
+                                      else run_hdet(args, data, peak, **override))
         val = lm.evaluate(model, data[1], args.context, batches=16)
         diverged = (not math.isfinite(val)) or val >= unigram or len(curve) < args.steps
         runs.append({"kind": kind, "peak_lr": peak, "final_val": val, "diverged": diverged, "train": curve,
-                     "base_lr": base, "seconds": time.perf_counter() - t0})
+                     "base_lr": base, "controller_syncs": syncs[0] if syncs else None,
+                     "seconds": time.perf_counter() - t0})
         print(f"{kind:14s} peak {peak:.0e}: final val {val:.4f} nats/byte  diverged={diverged}  "
               f"({runs[-1]['seconds']:.0f}s)", flush=True)
     if args.only_hdet:
         return runs, {r["kind"]: {"final_val": r["final_val"], "diverged": r["diverged"]} for r in runs}
     plain_ok = [r["final_val"] for r in runs if r["kind"] == "plain" and not r["diverged"]]
     hdet = next(r for r in runs if r["kind"] == "hdet")
-    summary = {"unigram_entropy": unigram, "best_plain_val": min(plain_ok) if plain_ok else None,
+    summary = {"seed": args.seed, "tuning_seed": args.seed == TUNING_SEED, "unigram_entropy": unigram, "best_plain_val": min(plain_ok) if plain_ok else None,
                "hdet_val": hdet["final_val"], "hdet_diverged": hdet["diverged"],
                "plain_at_hdet_peak_diverged": next(r for r in runs if r["kind"] == "plain" and r["peak_lr"] == top)[
                    "diverged"],
                "ablations": {r["kind"]: {"final_val": r["final_val"], "diverged": r["diverged"]}
                              for r in runs if r["kind"].startswith("hdet-")},
-               "hdet_minus_best_plain": hdet["final_val"] - min(plain_ok) if plain_ok else None}
+               "best_plain_peak": min((r for r in runs if r["kind"] == "plain" and not r["diverged"]),
+                                      key=lambda r: r["final_val"])["peak_lr"] if plain_ok else None,
+               "hdet_minus_best_plain": hdet["final_val"] - min(plain_ok) if plain_ok else None,
+               "hdet_at_or_below_best_plain": bool(plain_ok) and hdet["final_val"] <= min(plain_ok)}
     print(json.dumps(summary), flush=True)
     return runs, summary
 
@@ -248,7 +292,7 @@ def overhead(args, out):
     return result
 
 
-def plot(runs, out):
+def plot(runs, out, name="bench_hdet.png"):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -277,7 +321,7 @@ def plot(runs, out):
     ax2.set(xlabel="step", ylabel="LR", yscale="log", title="learning rate")
     ax2.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(out / "bench_hdet.png", dpi=110)
+    fig.savefig(out / name, dpi=110)
 
 
 def main(argv=None):
@@ -286,10 +330,30 @@ def main(argv=None):
     out = pathlib.Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     results = {"args": vars(args), "note": "timings taken on a shared 2-core machine under contention"}
+    results["tuning_seed"] = TUNING_SEED
+    results["tuning_log"] = TUNING_LOG
+    results["report_seeds"] = [s for s in args.seeds if s != TUNING_SEED]
     if args.skip != "sweep":
-        runs, summary = sweep(args)
-        results.update(sweep=runs, sweep_summary=summary)
-        plot(runs, out)
+        results["sweeps"] = {}
+        for seed in args.seeds:
+            args.seed = seed
+            runs, summary = sweep(args)
+            results["sweeps"][seed] = {"runs": runs, "summary": summary}
+            plot(runs, out, f"bench_hdet_seed{seed}.png")
+            (out / "results.json").write_text(json.dumps(results, indent=1))      # saved as each seed ends
+        if not args.only_hdet:
+            reports = [results["sweeps"][s]["summary"] for s in results["report_seeds"]]
+            gaps = [r["hdet_minus_best_plain"] for r in reports if r["hdet_minus_best_plain"] is not None]
+            results["report_summary"] = {
+                "seeds": results["report_seeds"],
+                "hdet_stable_where_plain_diverged": [not r["hdet_diverged"] and r["plain_at_hdet_peak_diverged"]
+                                                     for r in reports],
+                "hdet_at_or_below_best_plain": [r["hdet_at_or_below_best_plain"] for r in reports],
+                "mean_hdet_minus_best_plain": statistics.mean(gaps) if gaps else None,
+                "mean_no_spread_minus_hdet": statistics.mean(
+                    r["ablations"]["hdet-no-spread"]["final_val"] - r["hdet_val"] for r in reports
+                    if "hdet-no-spread" in r["ablations"]) if reports and args.ablations else None}
+            print(json.dumps(results["report_summary"]), flush=True)
     if args.skip != "overhead":
         results["overhead"] = overhead(args, out)
     (out / "results.json").write_text(json.dumps(results, indent=1))

@@ -101,6 +101,26 @@ def test_controller_linearisation():
     assert c.last["delta"].item() == pytest.approx(-(1e-3 / 10.0) * cov.item(), rel=1e-3)
 
 
+def test_controller_step_is_bounded_by_meta_lr_times_spread():
+    """|Δ| ≤ α·η̄, so one sync moves the base by at most λ·α·η̄ (β = 0), and by (1−β)·λ·α·η̄ at
+    the first sync with momentum: how far the paper's controller can move the LR in a short run."""
+    n, alpha, base = 4, 0.5, 0.02
+    rho = spread_multipliers(n, alpha)
+    values = (base * rho).unsqueeze(1)
+    best_low = torch.tensor([1.0, 2.0, 3.0, 4.0])                 # lowest multiplier wins outright
+    c = ZeroOrderController(1, temperature=1e-3, meta_lr=0.8, momentum=0.0)
+    assert c.update(best_low, values).item() == pytest.approx(base * (1 - 0.8 * alpha), rel=1e-9)
+    c = ZeroOrderController(1, temperature=1e-3, meta_lr=0.8, momentum=0.9)
+    assert c.update(best_low, values).item() == pytest.approx(base * (1 - 0.1 * 0.8 * alpha), rel=1e-9)
+    g = torch.Generator().manual_seed(0)
+    for _ in range(50):
+        c = ZeroOrderController(1, temperature=0.05, meta_lr=0.8, momentum=0.0)
+        moved = c.update(torch.rand(n, generator=g), values).item() - base
+        assert abs(moved) <= 0.8 * alpha * base * (1 + 1e-12)
+    c = ZeroOrderController(1, temperature=1e-3, meta_lr=5.0, momentum=0.0, lower=0.015)
+    assert c.update(best_low, values).item() == 0.015               # never below the floor
+
+
 def test_permutation_stream_is_seeded_and_resumable():
     a, b = PermutationStream(5, 3), PermutationStream(5, 3)
     first = a.draw(2)
