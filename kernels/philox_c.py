@@ -277,6 +277,19 @@ def simd_level(cap: int = -1) -> int:
     return int(_lib.philox_simd(int(cap)))
 
 
+_CONSTANTS: dict = {}
+
+
+def _constants(order: tuple, mult: tuple):
+    """The ``order`` / ``mult`` arrays handed to C, built once per distinct value."""
+    key = (order, mult)
+    if key not in _CONSTANTS:
+        if len(order) != 4 or sorted(order) != [0, 1, 2, 3] or len(mult) != 4:
+            raise ValueError(f"order must permute (0, 1, 2, 3) and mult have 4 values, got {order}, {mult}")
+        _CONSTANTS[key] = (torch.tensor(order, dtype=torch.int32), torch.tensor(mult, dtype=torch.float32))
+    return _CONSTANTS[key]
+
+
 def philox_planes(out: torch.Tensor, pairs: torch.Tensor, first: int, tensor_id: int, generation: int,
                   k0: int, k1: int, order=IDENTITY, mult=(1.0, 1.0, 1.0, 1.0)) -> torch.Tensor:
     """Fill ``out [4, len(pairs), nblocks]`` (float32, contiguous): plane ``w`` holds the uniforms of
@@ -286,8 +299,7 @@ def philox_planes(out: torch.Tensor, pairs: torch.Tensor, first: int, tensor_id:
     pairs = pairs.to(device="cpu", dtype=torch.int64).contiguous()
     if pairs.numel() != out.shape[1]:
         raise ValueError(f"out has {out.shape[1]} pair rows for {pairs.numel()} pairs")
-    order_t = torch.tensor(order, dtype=torch.int32)
-    mult_t = torch.tensor(mult, dtype=torch.float32)
+    order_t, mult_t = _constants(tuple(order), tuple(float(m) for m in mult))
     if not available():
         raise RuntimeError("the compiled Philox library is not available (no C compiler, or ZOOPT_NO_CEXT set)")
     if out.numel():

@@ -368,7 +368,7 @@ def main(argv=None):
     torch.set_num_threads(args.threads)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     args.width, args.rows, args.gru_width = 1024, 8, 256
-    args.pops = [64, 256, 512, 1024, 2048, 4096] if args.full else [64, 256, 512, 1024]
+    args.pops = [64, 256, 512, 1024, 2048, 4096]
     args.naive_pops, args.naive_sample = ([256, 1024, 4096], 32) if args.full else ([256, 1024], 8)
     args.tg_pops, args.tg_width = ([64, 256], 1024) if args.full else ([64], 256)
     args.mnist_train, args.mnist_hidden, args.mnist_batch = (None, 128, 512) if args.full else (10000, 32, 256)
