@@ -32,20 +32,23 @@ from .population import Population
 
 
 def _gru_update(gi: torch.Tensor, gh: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
-    """torch's GRU gate equations (r, z, n order)."""
-    i_r, i_z, i_n = gi.chunk(3, -1)
-    h_r, h_z, h_n = gh.chunk(3, -1)
-    r = torch.sigmoid(i_r + h_r)
-    z = torch.sigmoid(i_z + h_z)
-    n = torch.tanh(i_n + r * h_n)
-    return n + z * (h - n)
+    """torch's GRU gate equations (r, z, n order) in five fused passes:
+    ``r, z = sigmoid(gi + gh)``, ``n = tanh(gi_n + r * gh_n)``, ``h' = n + z (h - n)``."""
+    H = h.shape[-1]
+    rz = torch.add(gi[..., :2 * H], gh[..., :2 * H]).sigmoid_()
+    n = torch.addcmul(gi[..., 2 * H:], rz[..., :H], gh[..., 2 * H:]).tanh_()
+    return torch.lerp(n, h, rz[..., H:])
 
 
 def _lstm_update(gi: torch.Tensor, gh: torch.Tensor, c: torch.Tensor):
-    """torch's LSTM gate equations (i, f, g, o order): ``(o * tanh(c'), c')``."""
-    i, f, g, o = (gi + gh).chunk(4, -1)
-    c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
-    return torch.sigmoid(o) * torch.tanh(c), c
+    """torch's LSTM gate equations (i, f, g, o order): ``(o * tanh(c'), c')`` with
+    ``c' = sigmoid(f) c + sigmoid(i) tanh(g)``."""
+    H = c.shape[-1]
+    gates = torch.add(gi, gh)
+    g = torch.tanh(gates[..., 2 * H:3 * H])
+    gates.sigmoid_()                                   # the g slot is not read after this
+    c = torch.addcmul(gates[..., H:2 * H] * c, gates[..., :H], g)
+    return gates[..., 3 * H:] * torch.tanh(c), c
 
 
 def _member_hidden(pop: Population, hx, rows: int, width: int, like: torch.Tensor):
