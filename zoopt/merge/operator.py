@@ -52,7 +52,8 @@ def sparsify(x: torch.Tensor, alpha: torch.Tensor, mask: str = "topk", sorted_ab
 class ShapeGroups:
     """The pool's modules stacked by shape, so one top-k merge is a few tensor ops
     per shape instead of several per module (a 30-layer model has 210 modules
-    but 7 shapes). Built once per pool and cached on it."""
+    but 7 shapes). Built once per pool and cached on it; the pool's per-module
+    tensors become views of the stacks, so nothing is held twice."""
 
     def __init__(self, pool):
         by_shape = {}
@@ -63,9 +64,11 @@ class ShapeGroups:
         for (a_shape, b_shape), modules in by_shape.items():
             a = torch.stack([pool.A[m].reshape(pool.size, -1) for m in modules], 1)     # [N, L, numel_A]
             b = torch.stack([pool.B[m].reshape(pool.size, -1) for m in modules], 1)     # [N, L, numel_B]
-            abs_a = a.abs()
-            sorted_abs = abs_a.sort(dim=2, descending=True).values
-            self.groups.append((modules, a_shape, b_shape, a, abs_a, sorted_abs, b))
+            sorted_abs = torch.stack([pool.sorted_abs_A[m] for m in modules], 1)        # [N, L, numel_A]
+            for j, m in enumerate(modules):
+                pool.A[m], pool.B[m] = a[:, j].view(-1, *a_shape), b[:, j].view(-1, *b_shape)
+                pool.sorted_abs_A[m] = sorted_abs[:, j]
+            self.groups.append((modules, a_shape, b_shape, a, sorted_abs, b))
 
     def sparse_a(self, alpha: torch.Tensor) -> list:
         """Per group, the stacked S_alpha_i(A_i); the last alpha's result is kept,
@@ -75,18 +78,18 @@ class ShapeGroups:
         if cached is not None and cached[0] == key:
             return cached[1]
         stacks = []
-        for _, _, _, a, abs_a, sorted_abs, _ in self.groups:
+        for _, _, _, a, sorted_abs, _ in self.groups:
             k = keep_counts(alpha, a.shape[2])                                           # [N]
             idx = (k - 1).clamp(min=0).view(-1, 1, 1).expand(-1, a.shape[1], 1)
             tau = sorted_abs.gather(2, idx)                                              # [N, L, 1]
-            keep = (abs_a >= tau) & (k > 0).view(-1, 1, 1)
+            keep = (a.abs() >= tau) & (k > 0).view(-1, 1, 1)
             stacks.append(torch.where(keep, a, torch.zeros((), dtype=a.dtype)))
         self._cache = (key, stacks)
         return stacks
 
     def merge(self, alpha: torch.Tensor, beta: torch.Tensor) -> dict:
         out = {}
-        for (modules, a_shape, b_shape, _, _, _, b), sa in zip(self.groups, self.sparse_a(alpha)):
+        for (modules, a_shape, b_shape, _, _, b), sa in zip(self.groups, self.sparse_a(alpha)):
             merged_a = torch.tensordot(beta, sa, dims=1)                                 # [L, numel_A]
             merged_b = torch.tensordot(beta, b, dims=1)                                  # [L, numel_B]
             for j, m in enumerate(modules):
