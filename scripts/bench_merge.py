@@ -8,11 +8,14 @@ alpha only / beta only / beta >= 0. Reports validation and test loss,
 exact-match accuracy on test (greedy), queries and wall time; JSON + PNG.
 
 The fitness is computed in process exactly as the service computes it
-(SlotModel, the same merge operator, queries batched into one forward);
-``--http`` routes every query through the real HTTP service on 127.0.0.1.
+(SlotModel, the same merge operator, queries batched into one forward); the
+HTTP path itself is exercised by tests/test_merge.py.
 
     python scripts/bench_merge.py                    # CPU: 16 val / 48 test examples, 240 queries, ~1 h
     python scripts/bench_merge.py --full             # the paper's 300 val examples, popsize 20, 400+800 queries
+    # the 1,200-query comparison on one shared CPU core (~1.5 h): Evo-Merging vs LoRAHub vs best single
+    python scripts/bench_merge.py --val 4 --test 32 --budget 1200 --popsize 20 --threads 1 \
+        --no-ablations --no-whitebox --progress --out runs/bench_merge_1200
 """
 from __future__ import annotations
 
