@@ -4,8 +4,8 @@
     each with the same compute as one HDET run (N micro-batches forward+backward per step,
     gradients averaged, the same number of steps; HDET adds no extra forward passes), vs one
     HDET run (exact single-process simulation of N replicas) whose OneCycle peak is the highest
-    of the 5, and two HDET ablations (no auto-LR; no spread, i.e. the controller's schedule with
-    Δ = 0). Reports the final validation loss and whether each run diverged (non-finite, or no
+    of the 5, and three HDET ablations (no auto-LR; no spread, i.e. the controller's schedule
+    with Δ = 0; no signal, i.e. spread and averaging on but uniform weights, Δ = 0). Reports the final validation loss and whether each run diverged (non-finite, or no
     better than the unigram predictor).
 (2) Overhead: per-step wall time of HDET vs plain data-parallel (DDP over 2 gloo processes)
     at T = 100 and T = 1000, measured in interleaved blocks, plus a component estimate
@@ -144,11 +144,11 @@ def run_hdet(args, data, peak, **override):
     train, val = data
     model, opt = build(args)
     floor = None if args.schedule_after_start == "onecycle" else peak * args.floor
-    options = {"spread": args.spread, "auto_lr": True, **override}
+    options = {"spread": args.spread, "auto_lr": True, "temperature": args.temperature, **override}
     sim = HDETSimulation(model, opt, args.replicas, max_lr=peak, total_steps=args.steps, spread=options["spread"],
                          auto_lr=options["auto_lr"],
                          sync_every=args.sync_every, auto_lr_start=args.auto_lr_start,
-                         temperature=args.temperature, schedule_after_start=args.schedule_after_start,
+                         temperature=options["temperature"], schedule_after_start=args.schedule_after_start,
                          momentum=args.momentum, meta_lr=args.meta_lr,
                          lr_floor=floor)
     curve, base = [], []
@@ -171,8 +171,11 @@ def sweep(args):
     jobs = [("plain", lr, {}) for lr in args.lrs if not args.only_hdet] + [("hdet", top, {})]
     if args.ablations:
         # where does HDET's behaviour come from? no controller (spread + averaging on the plain
-        # curve), and no spread (the controller's hold-and-decay schedule with Δ = 0)
-        jobs += [("hdet-no-autolr", top, {"auto_lr": False}), ("hdet-no-spread", top, {"spread": 0.0})]
+        # curve); no spread (the controller's hold-and-decay schedule with Δ = 0); no signal (spread
+        # and averaging on, but σ so large that the weights are uniform: Δ = 0, same schedule as
+        # no spread, so it isolates the effect of taking the gradients at spread points)
+        jobs += [("hdet-no-autolr", top, {"auto_lr": False}), ("hdet-no-spread", top, {"spread": 0.0}),
+                 ("hdet-no-signal", top, {"temperature": 1e12})]
     for kind, peak, override in jobs:
         t0 = time.perf_counter()
         model, curve, base, *syncs = (run_plain(args, data, peak) if kind == "plain"
@@ -350,9 +353,9 @@ def main(argv=None):
                                                      for r in reports],
                 "hdet_at_or_below_best_plain": [r["hdet_at_or_below_best_plain"] for r in reports],
                 "mean_hdet_minus_best_plain": statistics.mean(gaps) if gaps else None,
-                "mean_no_spread_minus_hdet": statistics.mean(
-                    r["ablations"]["hdet-no-spread"]["final_val"] - r["hdet_val"] for r in reports
-                    if "hdet-no-spread" in r["ablations"]) if reports and args.ablations else None}
+                **{f"mean_{k.replace('hdet-', '').replace('-', '_')}_minus_hdet": statistics.mean(
+                    r["ablations"][k]["final_val"] - r["hdet_val"] for r in reports)
+                   for k in ("hdet-no-spread", "hdet-no-signal") if reports and args.ablations}}
             print(json.dumps(results["report_summary"]), flush=True)
     if args.skip != "overhead":
         results["overhead"] = overhead(args, out)
