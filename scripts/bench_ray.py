@@ -362,10 +362,13 @@ class CountedSyntheticEnv(SyntheticEnvProblem):
         return super().evaluate(spec, members)
 
 
+# Populations are sized so that each actor's ranges stay large: GymProblem pays a fixed cost per step of
+# every range (one policy forward, the vector bookkeeping: ~55 us, more than a HalfCheetah step), so small
+# ranges make every member dearer; with 2 actors the default plan cuts N into 4 ranges of N/4.
 ENVS = {  # name -> (label, problem factory, popsize (default, --full), generations (default, --full))
-    "cartpole": ("CartPole-v1, linear policy, 4 episodes/member", gym_problem("CartPole-v1", 4), (256, 512), (8, 20)),
+    "cartpole": ("CartPole-v1, linear policy, 4 episodes/member", gym_problem("CartPole-v1", 4), (512, 1024), (6, 16)),
     "halfcheetah": ("HalfCheetah-v5, linear policy, 1 episode/member", gym_problem("HalfCheetah-v5", 1),
-                    (64, 128), (3, 8)),
+                    (128, 256), (3, 6)),
     "synthetic": ("synthetic numpy env, 1000 steps/member", lambda: CountedSyntheticEnv(steps=1000), (32, 64), (6, 20)),
 }
 

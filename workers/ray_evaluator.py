@@ -150,8 +150,9 @@ class RayEvaluator:
     trip, 1 keeps ranges in the queue for whichever actor frees first. None
     (default) picks 2 while ranges take under ``SHORT_TASK_S`` (the round trip
     matters) and 1 once they take longer (it does not; balancing does).
-    ``timeout_s``: an evaluation task running longer is treated as hung: its
-    actor is killed and replaced, its range re-run. ``max_retries``: re-runs of
+    ``timeout_s``: an evaluation task (one range: with one actor, the whole
+    generation) running longer is treated as hung: its actor is killed and
+    replaced, its range re-run. ``max_retries``: re-runs of
     one range before the generation fails with RuntimeError.
     """
 
