@@ -114,7 +114,7 @@ def run_target(target, slot_model, tokenizer, pool, args, on_row=None):
         fit.started = t
         result = search.run(fit)
         record(name, result["alpha"], result["beta"], result["loss"], fit.queries, time.perf_counter() - t,
-               history=result["history"], alpha=result["alpha"], beta=result["beta"])
+               history=result["history"], merge_alpha=result["alpha"], merge_beta=result["beta"])
 
     # white-box grids (density or drop rate x scale), picked on validation
     for method, rates in (("TIES (white-box)", [0.2, 0.5, 1.0]), ("DARE (white-box)", [0.5, 0.9])):
