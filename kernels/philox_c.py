@@ -63,8 +63,10 @@ static inline void philox_tile(uint32_t c0[TILE], uint32_t c1[TILE], uint32_t c2
 #include <immintrin.h>
 #define ZOOPT_X86 1
 
-/* The same rounds on 16 (AVX-512) or 8 (AVX2) blocks at once: 32x32 -> 64-bit products of the even
-   and the odd lanes, then the low and high words blended back into place. */
+/* The same rounds on 16 (AVX-512) or 8 (AVX2) blocks per vector, UNROLL independent vectors at a
+   time (a round's multiply -> xor chain is latency-bound): 32x32 -> 64-bit products of the even and
+   the odd lanes, then the low and high words blended back into place. */
+#define UNROLL 4
 #define PHILOX_SIMD(NAME, TARGET, VEC, LANES, SET1, MULU, SRL64, SLL64, SRL32, BLEND, XOR, ADD32, LOADI, CVT, \
                     ADDF, MULF, SET1F, STOREF)                                                                  \
 __attribute__((target(TARGET)))                                                                             \
@@ -75,26 +77,33 @@ static int64_t NAME(float *row, int64_t plane, int64_t first, int64_t nblocks, u
     for (int j = 0; j < LANES; ++j) lane[j] = j;                                                             \
     const VEC offsets = LOADI(lane);                                                                         \
     int64_t b0 = 0;                                                                                          \
-    for (; b0 + LANES <= nblocks; b0 += LANES) {                                                            \
-        VEC c[4];                                                                                            \
-        c[0] = ADD32(SET1((int)(uint32_t)(first + b0)), offsets);                                            \
-        c[1] = SET1((int)tid); c[2] = SET1((int)gen); c[3] = SET1((int)pair);                                \
+    for (; b0 + UNROLL * LANES <= nblocks; b0 += UNROLL * LANES) {                                          \
+        VEC c[UNROLL][4];                                                                                    \
+        for (int v = 0; v < UNROLL; ++v) {                                                                   \
+            c[v][0] = ADD32(SET1((int)(uint32_t)(first + b0 + v * LANES)), offsets);                         \
+            c[v][1] = SET1((int)tid); c[v][2] = SET1((int)gen); c[v][3] = SET1((int)pair);                   \
+        }                                                                                                    \
         uint32_t k0 = k0_in, k1 = k1_in;                                                                     \
         for (int r = 0; r < 10; ++r) {                                                                       \
-            VEC pe0 = MULU(c[0], m0), po0 = MULU(SRL64(c[0], 32), m0);                                       \
-            VEC pe1 = MULU(c[2], m1), po1 = MULU(SRL64(c[2], 32), m1);                                       \
-            VEC lo0 = BLEND(pe0, SLL64(po0, 32)), hi0 = BLEND(SRL64(pe0, 32), po0);                          \
-            VEC lo1 = BLEND(pe1, SLL64(po1, 32)), hi1 = BLEND(SRL64(pe1, 32), po1);                          \
-            VEC n0 = XOR(XOR(hi1, c[1]), SET1((int)k0));                                                     \
-            VEC n2 = XOR(XOR(hi0, c[3]), SET1((int)k1));                                                     \
-            c[1] = lo1; c[3] = lo0; c[0] = n0; c[2] = n2;                                                    \
+            const VEC kk0 = SET1((int)k0), kk1 = SET1((int)k1);                                              \
+            for (int v = 0; v < UNROLL; ++v) {                                                               \
+                VEC pe0 = MULU(c[v][0], m0), po0 = MULU(SRL64(c[v][0], 32), m0);                             \
+                VEC pe1 = MULU(c[v][2], m1), po1 = MULU(SRL64(c[v][2], 32), m1);                             \
+                VEC lo0 = BLEND(pe0, SLL64(po0, 32)), hi0 = BLEND(SRL64(pe0, 32), po0);                      \
+                VEC lo1 = BLEND(pe1, SLL64(po1, 32)), hi1 = BLEND(SRL64(pe1, 32), po1);                      \
+                VEC n0 = XOR(XOR(hi1, c[v][1]), kk0);                                                        \
+                VEC n2 = XOR(XOR(hi0, c[v][3]), kk1);                                                        \
+                c[v][1] = lo1; c[v][3] = lo0; c[v][0] = n0; c[v][2] = n2;                                    \
+            }                                                                                                \
             k0 += BUMP0; k1 += BUMP1;                                                                        \
         }                                                                                                    \
         for (int w = 0; w < 4; ++w) {                                                                        \
-            VEC x = c[order[w]];                                                                             \
-            __typeof__(CVT(x)) u = MULF(ADDF(CVT(SRL32(x, 8)), SET1F(0.5f)), SET1F(1.0f / 16777216.0f));     \
-            if (mult[w] != 1.0f) u = MULF(u, SET1F(mult[w]));                                                \
-            STOREF(row + w * plane + b0, u);                                                                 \
+            for (int v = 0; v < UNROLL; ++v) {                                                               \
+                VEC x = c[v][order[w]];                                                                      \
+                __typeof__(CVT(x)) u = MULF(ADDF(CVT(SRL32(x, 8)), SET1F(0.5f)), SET1F(1.0f / 16777216.0f)); \
+                if (mult[w] != 1.0f) u = MULF(u, SET1F(mult[w]));                                            \
+                STOREF(row + w * plane + b0 + v * LANES, u);                                                 \
+            }                                                                                                \
         }                                                                                                    \
     }                                                                                                        \
     return b0;                                                                                               \
