@@ -264,7 +264,8 @@ def bench_speedup(name: str, make_problem, popsize: int, rounds: int, warmup: in
     from zoopt.workers.ray_evaluator import RayEvaluator
 
     keys = ("local", "pool2", "ray1", "ray2")
-    problems = {k: make_problem() for k in keys}
+    with quiet_stderr():
+        problems = {k: make_problem() for k in keys}
     x0 = problems["local"].initial_point()
     spec_list = specs(problems["local"].dim, popsize, warmup + rounds, x0)
     clocks = CpuClocks()

@@ -69,6 +69,18 @@ class SlowInOneProcess(Problem):
         return self.inner.evaluate(spec, members)
 
 
+class LogRangeSizes(Problem):
+    """Appends the size of every range it evaluates to ``<log_dir>/<pid>.log``, one per line."""
+
+    def __init__(self, inner, log_dir):
+        self.inner, self.dim, self.log_dir = inner, inner.dim, str(log_dir)
+
+    def evaluate(self, spec, members):
+        with open(os.path.join(self.log_dir, f"{os.getpid()}.log"), "a") as f:
+            f.write(f"{len(members)}\n")
+        return self.inner.evaluate(spec, members)
+
+
 class Failing(Problem):
     dim = 4
 
@@ -219,3 +231,32 @@ def test_bad_arguments_and_missing_gpus_are_refused(ray_cluster):
         with pytest.raises(ValueError, match="GPUs"):
             RayEvaluator("num_gpus")
     assert isinstance(make_evaluator("ray", num_actors=1), RayEvaluator)
+
+
+def test_range_plan_keeps_big_ranges_first_and_a_dynamic_tail():
+    from zoopt.workers.ray_evaluator import factoring_sizes
+
+    assert factoring_sizes(64, 1) == [64]  # one actor: the in-process batches
+    assert factoring_sizes(64, 2) == [16, 16, 16, 16]  # default: two ranges per actor
+    assert factoring_sizes(64, 2, ranges_per_actor=8) == [16, 16, 8, 8, 4, 4, 4, 4]  # halving down to the tail
+    for n, actors, per, align in [(1000, 3, 4, 2), (96, 2, 8, 16), (7, 4, 2, 2), (5, 2, 2, 2), (1024, 8, 8, 64)]:
+        sizes = factoring_sizes(n, actors, per, align)
+        assert sum(sizes) == n and min(sizes) >= 1
+        assert all(s % align == 0 for s in sizes[:-1])  # batched problems see their own chunk boundaries
+        assert sizes == sorted(sizes, reverse=True) or sizes[:-1] == sorted(sizes[:-1], reverse=True)
+    assert factoring_sizes(0, 2) == []
+
+
+def test_each_actor_starts_on_one_of_the_big_ranges(ray_cluster, evaluator, tmp_path):
+    """Pipelined tasks are dealt breadth-first: the two N/4 ranges go to different actors."""
+    _, spec = gaussian_spec(popsize=64)
+    problem = LogRangeSizes(VectorProblem(rastrigin, 12), tmp_path)
+    with RayEvaluator(2, actor_config={"num_cpus": 0.5}, ranges_per_actor=8, pipeline=2) as ev:
+        ev(problem, spec)  # both actors load the problem (meanwhile the first one up may take every range)
+        ev.actor_cpu_seconds()  # returns once both have loaded it
+        for log in tmp_path.glob("*.log"):
+            log.unlink()
+        assert torch.equal(ev(problem, spec), LocalEvaluator()(problem.inner, spec))
+        assert ev.traffic["tasks"] == 16
+    firsts = sorted(int(log.read_text().split()[0]) for log in tmp_path.glob("*.log"))
+    assert firsts == [16, 16]

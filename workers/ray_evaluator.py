@@ -426,8 +426,12 @@ class RayEvaluator:
         start_failures = 0
         for slot in self._slots:
             slot.tasks = []  # leftovers of a generation that raised: their results are not wanted
+        self._note_started()
         while queue or any(slot.tasks for slot in self._slots):
-            for depth in range(1, self._pipeline_depth() + 1):
+            # while an actor is still loading the problem, nobody gets a second task: the big ranges at the
+            # head of the queue would all go to whichever actor happened to start first
+            depth_now = 1 if any(slot.starting for slot in self._slots) else self._pipeline_depth()
+            for depth in range(1, depth_now + 1):
                 for slot in self._slots:
                     if slot.starting or not queue or len(slot.tasks) >= depth:
                         continue
@@ -476,6 +480,21 @@ class RayEvaluator:
                 results[task[1]] = value
             self._reap_overdue(blocks, failures, queue)
         return results
+
+    def _note_started(self) -> None:
+        """Mark actors whose problem load finished since the last generation as ready (a failed load stays
+        pending: the queue loop reports it)."""
+        starting = [slot for slot in self._slots if slot.starting]
+        if not starting:
+            return
+        ready, _ = ray.wait([slot.start_ref for slot in starting], num_returns=len(starting), timeout=0)
+        for slot in starting:
+            if slot.start_ref in ready:
+                try:
+                    ray.get(slot.start_ref)
+                except Exception:
+                    continue
+                slot.start_ref = None
 
     def _pipeline_depth(self) -> int:
         if self.pipeline is not None:
