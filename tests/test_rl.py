@@ -223,6 +223,10 @@ def test_workers_guard():
 
     with pytest.raises(ValueError, match="workers"):
         make_rl_evaluator(0)
+    with pytest.raises(ValueError, match="backend='ray'"):
+        make_rl_evaluator(2, "local")
+    with pytest.raises(ValueError, match="backend must be"):
+        make_rl_evaluator(1, "dask")
     try:
         from zoopt.workers.ray_evaluator import RayEvaluator
     except ImportError:

@@ -54,13 +54,18 @@ def make_rl_strategy(method: str, problem, popsize: int, seed: int, **options):
     return make_strategy(method, problem.initial_point(), seed=seed, **kwargs)
 
 
-def make_rl_evaluator(workers: int):
-    """The in-process evaluator for 1 worker, Ray actors for more."""
+def make_rl_evaluator(workers: int, backend: str | None = None):
+    """The in-process evaluator (default for 1 worker) or ``workers`` Ray actors (default for more)."""
     if isinstance(workers, bool) or not isinstance(workers, (int, np.integer)) or workers < 1:
         raise ValueError(f"workers must be an int >= 1, got {workers!r}")
+    backend = backend or ("ray" if workers > 1 else "local")
+    if backend not in ("local", "ray"):
+        raise ValueError(f"backend must be 'local' or 'ray', got {backend!r}")
+    if backend == "local" and workers > 1:
+        raise ValueError(f"workers={workers} needs backend='ray' (the local backend is one process)")
     from zoopt.workers import make_evaluator
 
-    if workers == 1:
+    if backend == "local":
         return make_evaluator("local")
     try:
         from zoopt.workers.ray_evaluator import RayEvaluator
@@ -76,7 +81,7 @@ def make_rl_evaluator(workers: int):
 
 def train_rl(env_id: str, method: str = "openai_es", *, budget: int = 200_000, popsize: int = 50, seed: int = 0,
              policy: str = "linear", hidden=(64,), quant: str = "none", episodes: int = 1, workers: int = 1,
-             vector: str = "sync", obs_norm: bool = True, gamma: float = 1.0, action_penalty: float = 0.0,
+             backend: Optional[str] = None, vector: str = "sync", obs_norm: bool = True, gamma: float = 1.0, action_penalty: float = 0.0,
              alive_penalty: float = 0.0, eval_every: int = 1, eval_episodes: int = 10,
              eval_every_steps: Optional[int] = None, target: Optional[float] = None, out: Optional[str] = None, progress: bool = False,
              strategy_options: Optional[dict] = None, env_kwargs: Optional[dict] = None) -> dict:
@@ -102,7 +107,8 @@ def train_rl(env_id: str, method: str = "openai_es", *, budget: int = 200_000, p
                          vector=vector, obs_norm=obs_norm, gamma=gamma, action_penalty=action_penalty,
                          alive_penalty=alive_penalty, env_kwargs=env_kwargs)
     strategy = make_rl_strategy(method, problem, popsize, seed, **(strategy_options or {}))
-    evaluator = make_rl_evaluator(workers)
+    evaluator = make_rl_evaluator(workers, backend)
+    remote = workers > 1 or backend == "ray"
     meta = {"env_id": env_id, "env_kwargs": env_kwargs or {}, "method": method, "seed": seed,
             "episodes": episodes, "popsize": popsize}
     logger = JsonlLogger(os.path.join(out, "metrics.jsonl") if out else None)
@@ -113,7 +119,7 @@ def train_rl(env_id: str, method: str = "openai_es", *, budget: int = 200_000, p
     try:
         while problem.env_steps < budget:
             spec = strategy.ask()
-            if workers > 1:
+            if remote:  # actors normalize with the driver's statistics
                 problem.share_stats(spec)
             steps_before = problem.env_steps
             fitness = evaluator(problem, spec)
@@ -221,6 +227,8 @@ def register(sub) -> None:
     p.add_argument("--popsize", type=int, default=50)
     p.add_argument("--budget", type=int, default=300_000, help="environment steps (default 300000)")
     p.add_argument("--workers", type=int, default=1, help="more than 1 evaluates on Ray actors")
+    p.add_argument("--backend", choices=("local", "ray"), default=None,
+                   help="where members are evaluated (default: local for 1 worker, ray for more)")
     p.add_argument("--policy", default="linear", choices=["linear", "mlp"])
     p.add_argument("--hidden", default="64", help="MLP hidden sizes, comma-separated (default 64)")
     p.add_argument("--quant", default="none", choices=["none", "fp32", "int8", "binary"],
@@ -251,12 +259,14 @@ def register(sub) -> None:
 
 
 def main(args) -> int:
+    if args.backend == "local" and args.workers > 1:
+        raise SystemExit("zoopt rl: --workers N > 1 needs --backend ray (the local backend is one process)")
     quant = "none" if args.quant == "fp32" else args.quant
     out = args.out or os.path.join("runs", "rl", f"{args.env}-{args.method}-seed{args.seed}")
     options = {"sigma": args.sigma, "lr": args.lr}
     summary = train_rl(args.env, args.method, budget=args.budget, popsize=args.popsize, seed=args.seed,
                        policy=args.policy, hidden=_hidden(args.hidden), quant=quant, episodes=args.episodes,
-                       workers=args.workers, vector=args.vector, obs_norm=not args.no_obs_norm, gamma=args.gamma,
+                       workers=args.workers, backend=args.backend, vector=args.vector, obs_norm=not args.no_obs_norm, gamma=args.gamma,
                        action_penalty=args.action_penalty, alive_penalty=args.alive_penalty,
                        eval_every=args.eval_every, eval_episodes=args.eval_episodes, target=args.target, out=out,
                        progress=not args.no_progress, strategy_options=options)
