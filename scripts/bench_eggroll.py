@@ -12,8 +12,10 @@
    expected ES gradient is W^3 + sigma^2 W E[e^4], with E[e^4] = 3 (full rank)
    and 3 + 6/r (EGGROLL), so the relative error falls as O(1/r).
 
-Writes runs/bench_eggroll/results.json and results.png. CPU default is small;
-``--full`` is the paper-sized run (GPU).
+Writes runs/bench_eggroll/results.json and results.png. The throughput part always
+covers N = 64..4096 (about 3 CPU minutes on one idle core); ``--full`` makes the
+other parts paper-sized (GPU). With one CPU thread the timer is the process's CPU
+time (``--clock``), which on a busy machine stays close to an idle machine's wall time.
 """
 from __future__ import annotations
 
