@@ -5,27 +5,35 @@
     gradients averaged, the same number of steps; HDET adds no extra forward passes), vs one
     HDET run (exact single-process simulation of N replicas) whose OneCycle peak is the highest
     of the 5, and three HDET ablations (no auto-LR; no spread, i.e. the controller's schedule
-    with Δ = 0; no signal, i.e. spread and averaging on but uniform weights, Δ = 0). Reports the final validation loss and whether each run diverged (non-finite, or no
-    better than the unigram predictor).
+    with Δ = 0; no signal, i.e. spread and averaging on but uniform weights, Δ = 0). Reports
+    the final validation loss and whether each run diverged (non-finite, or no better than the
+    unigram predictor).
 (2) Overhead: per-step wall time of HDET vs plain data-parallel (DDP over 2 gloo processes)
     at T = 100 and T = 1000, measured in interleaved blocks, plus a component estimate
     (per-step bookkeeping + per-sync cost / T) that is less sensitive to a shared machine.
 
-Benchmark design (fixed on the TUNING seed 0, reported on other seeds, default --seeds 1 2 3 4):
+Benchmark design (fixed on the TUNING seed 0, reported on other seeds, default --seeds 5 6 7 8):
   * the grid is geometric, x3 apart, ending at 0.4 = the lowest LR tried at which plain
     OneCycle diverged on seed 0 (0.3: 3.02 nats/byte, 0.4: 4.40, unigram 3.14), so the best
     LR lies inside the grid: 0.4/81 .. 0.4.
-  * HDET's settings were chosen on seed 0 among the alternatives listed in the results note:
-    the controller owns the base LR from step 0 ('controller' schedule: hold at
-    max_lr/div_factor, decay γ towards the floor, zero-order steps), floor = 0.03 x peak, paper
-    defaults σ = 0.1, β = 0.9, λ = 0.5, spread α = 0.5, T = 10.
+  * HDET's settings were chosen on seed 0 among the alternatives in TUNING_LOG: the controller
+    owns the base LR from step 0 ('controller' schedule: hold at max_lr/div_factor, decay γ
+    towards the floor, zero-order steps), floor = 0.03 x peak, paper defaults σ = 0.1,
+    β = 0.9, λ = 0.5, T = 10. Note what this means: HDET starts at 0.4/25 = 0.016, which is
+    inside the sweep's good range; with a top of 1.0 it starts at 0.04 and loses by ~0.4.
+  * history of the spread α: α = 0.5 was fixed before any report run; on seeds 1-4 HDET was
+    at or below the best sweep run on 2 of 4 (mean +0.013 nats/byte) and its 'no signal'
+    ablation suggested the wide spread itself cost accuracy. α was then set to the paper's
+    1/9 (0.1111) after seeing seeds 1-4, so those seeds no longer count as a report; the
+    default report seeds 5-8 were first run after that change.
   * a result on seed 0 is marked "tuning_seed": true in the JSON; only other seeds are reports.
   * single runs are chaotic: the same schedule with a different float summation order ends
     about ±0.05 nats/byte apart after 200 steps, so compare over several report seeds.
 
-    python scripts/bench_hdet.py            # CPU size (minutes per seed)
-    python scripts/bench_hdet.py --full     # longer runs, bigger model
-Writes runs/bench_hdet/results.json and bench_hdet.png.
+    python scripts/bench_hdet.py                    # CPU size: about 3 min per seed on one core
+    python scripts/bench_hdet.py --skip overhead    # the sweep only
+    python scripts/bench_hdet.py --full             # longer runs, bigger model
+Writes runs/bench_hdet/results.json and bench_hdet_seed<N>.png.
 """
 from __future__ import annotations
 
@@ -71,6 +79,11 @@ TUNING_LOG = {
         "α .8 β 0 λ 1": 2.954, "T 5 α .8 σ .03 β 0 λ 1": 2.825, "σ .02 β .5 λ 1": 3.095,
         "same, T 5": 2.883, "same, shared-batch signal": 2.913},
     "spread + averaging without auto-LR, peak 0.4": {"α .5": "3.45 diverged", "α .9": "3.60 diverged"},
+    "seeds 1-4 with α .5 (then the report seeds; HDET minus best sweep run)": {
+        "1": -0.0025, "2": 0.0229, "3": 0.0465, "4": -0.0157, "no spread minus HDET (mean)": -0.028,
+        "no signal minus HDET (mean)": -0.004},
+    "seeds 1-4 with α 1/9, run after seeing the line above (HDET minus best sweep run)": {
+        "1": -0.0177, "2": -0.0157, "3": 0.0176, "4": -0.0085},
 }
 
 
@@ -84,7 +97,7 @@ def parse(argv=None):
     ap.add_argument("--layers", type=int, default=2)
     ap.add_argument("--lrs", type=float, nargs=5, default=[0.4 / 3 ** k for k in (4, 3, 2, 1, 0)],
                     help="the 5 plain peaks; HDET starts at the highest (default x3 grid ending at 0.4)")
-    ap.add_argument("--spread", type=float, default=0.5)
+    ap.add_argument("--spread", type=float, default=0.1111, help="α (paper: 1/9)")
     ap.add_argument("--sync-every", type=int, default=10)
     ap.add_argument("--auto-lr-start", type=int, default=0,
                     help="S_warm (0: the controller owns the LR from the first step)")
@@ -99,7 +112,7 @@ def parse(argv=None):
     ap.add_argument("--only-hdet", action="store_true", help="skip the plain sweep (for tuning HDET)")
     ap.add_argument("--no-ablations", dest="ablations", action="store_false",
                     help="skip the HDET runs without controller / without spread")
-    ap.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3, 4],
+    ap.add_argument("--seeds", type=int, nargs="+", default=[5, 6, 7, 8],
                     help=f"seeds to report on (settings were tuned on seed {TUNING_SEED})")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", default="runs/bench_hdet")
