@@ -171,34 +171,31 @@ class _PopRecurrent(_PopulationAware):
         return [self.hidden_size]
 
 
-class PopRNN(_PopRecurrent, nn.RNN):
+class _PopOneState(_PopRecurrent):
+    """RNN and GRU: one hidden state per layer and direction."""
+
+    def forward(self, x, hx=None):
+        pop = self._population()
+        if pop is None:
+            return super().forward(x, hx)
+        out, (h_n,) = self._pop_layers(pop, x, [hx])
+        return out, h_n
+
+
+class PopRNN(_PopOneState, nn.RNN):
     """``nn.RNN`` (tanh or relu; any layers, directions) for a population."""
 
     def _step(self, pop, gi_t, states, sfx):
         gh = self._linear(pop, states[0], "weight_hh" + sfx, ("bias_hh" + sfx) if self.bias else None, shared=False)
         return [torch.tanh(gi_t + gh) if self.nonlinearity == "tanh" else torch.relu(gi_t + gh)]
 
-    def forward(self, x, hx=None):
-        pop = self._population()
-        if pop is None:
-            return super().forward(x, hx)
-        out, (h_n,) = self._pop_layers(pop, x, [hx])
-        return out, h_n
 
-
-class PopGRU(_PopRecurrent, nn.GRU):
+class PopGRU(_PopOneState, nn.GRU):
     """``nn.GRU`` (any layers, directions) for a population."""
 
     def _step(self, pop, gi_t, states, sfx):
         gh = self._linear(pop, states[0], "weight_hh" + sfx, ("bias_hh" + sfx) if self.bias else None, shared=False)
         return [_gru_update(gi_t, gh, states[0])]
-
-    def forward(self, x, hx=None):
-        pop = self._population()
-        if pop is None:
-            return super().forward(x, hx)
-        out, (h_n,) = self._pop_layers(pop, x, [hx])
-        return out, h_n
 
 
 class PopLSTM(_PopRecurrent, nn.LSTM):
