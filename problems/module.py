@@ -99,8 +99,12 @@ class ModuleProblem(Problem):
         return torch.vmap(one, randomness="same")(params)
 
     @torch.no_grad()
+    def batch_for(self, spec):
+        """The minibatch ``(x, y)`` the members of ``spec`` are scored on."""
+        return self.batches(spec.generation)
+
     def evaluate(self, spec, members) -> torch.Tensor:
-        x, y = self.batches(spec.generation)
+        x, y = self.batch_for(spec)
         members = list(members)
         losses = []
         for start in range(0, len(members), self.chunk):

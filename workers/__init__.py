@@ -1,7 +1,21 @@
 """Evaluators: split a generation's members into slices and run ``problem.evaluate``."""
+import numbers
+
 from .local import LocalEvaluator
 
 EVALUATORS = ("local", "ray")
+
+
+def resolve_backend(workers, backend=None) -> str:
+    """``"local"`` or ``"ray"`` for a ``--workers``/``--backend`` pair (default: local for 1 worker, ray for more)."""
+    if isinstance(workers, bool) or not isinstance(workers, numbers.Integral) or workers < 1:
+        raise ValueError(f"workers must be an int >= 1, got {workers!r}")
+    backend = backend or ("ray" if workers > 1 else "local")
+    if backend not in EVALUATORS:
+        raise ValueError(f"backend must be one of {EVALUATORS}, got {backend!r}")
+    if backend == "local" and workers > 1:
+        raise ValueError(f"workers={workers} needs backend='ray' (--backend ray): the local backend is one process")
+    return backend
 
 
 def make_evaluator(evaluator, **kwargs):
@@ -21,4 +35,4 @@ def make_evaluator(evaluator, **kwargs):
     return evaluator
 
 
-__all__ = ["LocalEvaluator", "make_evaluator", "EVALUATORS"]
+__all__ = ["LocalEvaluator", "make_evaluator", "resolve_backend", "EVALUATORS"]

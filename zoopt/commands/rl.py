@@ -56,16 +56,9 @@ def make_rl_strategy(method: str, problem, popsize: int, seed: int, **options):
 
 def make_rl_evaluator(workers: int, backend: str | None = None):
     """The in-process evaluator (default for 1 worker) or ``workers`` Ray actors (default for more)."""
-    if isinstance(workers, bool) or not isinstance(workers, (int, np.integer)) or workers < 1:
-        raise ValueError(f"workers must be an int >= 1, got {workers!r}")
-    backend = backend or ("ray" if workers > 1 else "local")
-    if backend not in ("local", "ray"):
-        raise ValueError(f"backend must be 'local' or 'ray', got {backend!r}")
-    if backend == "local" and workers > 1:
-        raise ValueError(f"workers={workers} needs backend='ray' (the local backend is one process)")
-    from zoopt.workers import make_evaluator
+    from zoopt.workers import make_evaluator, resolve_backend
 
-    if backend == "local":
+    if resolve_backend(workers, backend) == "local":
         return make_evaluator("local")
     try:
         from zoopt.workers.ray_evaluator import RayEvaluator
@@ -259,8 +252,12 @@ def register(sub) -> None:
 
 
 def main(args) -> int:
-    if args.backend == "local" and args.workers > 1:
-        raise SystemExit("zoopt rl: --workers N > 1 needs --backend ray (the local backend is one process)")
+    from zoopt.workers import resolve_backend
+
+    try:
+        resolve_backend(args.workers, args.backend)
+    except ValueError as exc:
+        raise SystemExit(f"zoopt rl: --workers/--backend: {exc}") from None
     quant = "none" if args.quant == "fp32" else args.quant
     out = args.out or os.path.join("runs", "rl", f"{args.env}-{args.method}-seed{args.seed}")
     options = {"sigma": args.sigma, "lr": args.lr}

@@ -183,20 +183,13 @@ class TrainSplitProblem(ModuleProblem):
         super().__init__(model, loss_fn, (x[:1], y[:1]), chunk=chunk)
         self.x, self.y, self.batch_size, self.seed = x, y, int(batch_size), int(seed)
 
-    def batch_of(self, spec):
+    def batch_for(self, spec):
         named = spec.extras[TRAIN_BATCH_KEY]
         if isinstance(named[0], torch.Tensor):
             return named
         epoch, k = named
         rows = epoch_order(len(self.x), self.seed, epoch)[k * self.batch_size:(k + 1) * self.batch_size]
         return self.x[rows], self.y[rows]
-
-    @torch.no_grad()
-    def evaluate(self, spec, members) -> torch.Tensor:  # ModuleProblem.evaluate, on the named batch
-        x, y = self.batch_of(spec)
-        members = list(members)
-        return torch.cat([self.member_losses(self.unflatten(spec.points(members[s:s + self.chunk])), x, y)
-                          .reshape(-1) for s in range(0, len(members), self.chunk)]).float()
 
 
 class StrategyStepper(Stepper):
@@ -541,18 +534,17 @@ def main(args) -> int:
 
 def _make_evaluator(workers, backend, method):
     """None (in process) or a RayEvaluator with ``workers`` actors."""
-    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
-        raise SystemExit(f"zoopt train: --workers must be an int >= 1, got {workers!r}")
-    backend = backend or ("ray" if workers > 1 else "local")
+    from zoopt.workers import make_evaluator, resolve_backend
+
+    try:
+        backend = resolve_backend(workers, backend)
+    except ValueError as exc:
+        raise SystemExit(f"zoopt train: --workers/--backend: {exc}") from None
     if backend == "local":
-        if workers > 1:
-            raise SystemExit("zoopt train: --workers N > 1 needs --backend ray (the local backend is one process)")
         return None
     if method not in ES_DEFAULTS:
         raise SystemExit(f"zoopt train: --backend ray evaluates the ES methods {tuple(ES_DEFAULTS)}; "
                          f"{method!r} steps in process (drop --backend/--workers)")
-    from zoopt.workers import make_evaluator
-
     return make_evaluator("ray", num_actors=workers)
 
 
