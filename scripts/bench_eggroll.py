@@ -2,7 +2,8 @@
 
 1. throughput: population forward (member-rows/s) / plain batched inference of the
    same model on the same number of rows, for a 4 x 1024 MLP and a 2-layer GRU,
-   N members x T rows each, r in {1, 4}; the keyed noise is regenerated inside
+   N members x T rows each (``--rows``, default 8; 1 is the paper's Fig. 2a
+   setting), r in {1, 4}; the keyed noise is regenerated inside
    every timed call. Also vs naive full-rank ES that materializes each member's
    weights (timed on a sample of members, scaled linearly to N), and
    torcheggroll's step (materialized low-rank weights under vmap) where it installs.
@@ -150,8 +151,8 @@ def torcheggroll_step(args, device):
     out = []
     for N in args.tg_pops:
         torch.manual_seed(0)
-        x = torch.randn(args.rows, args.tg_width, device=device)
-        y = torch.randn(args.rows, args.tg_width, device=device)
+        x = torch.randn(args.tg_rows, args.tg_width, device=device)
+        y = torch.randn(args.tg_rows, args.tg_width, device=device)
         loss = lambda o, t: ((o - t) ** 2).mean()
         m1, m2 = mlp(args.tg_width).to(device), mlp(args.tg_width).to(device)
         theirs = TorchEggrollES(m1, pop_size=N, sigma=0.05, lr=0.05, rank=1)
@@ -373,8 +374,13 @@ def main(argv=None):
     p.add_argument("--reps", type=int, default=5)
     p.add_argument("--clock", choices=["auto", "wall", "cpu"], default="auto",
                    help="timer: wall, or process CPU time (auto: cpu for one CPU thread, else wall)")
+    p.add_argument("--rows", type=int, default=8,
+                   help="input rows per member in the throughput part (1 = the paper's Fig. 2a setting: one "
+                        "input vector per member, batch = population)")
     p.add_argument("--out", default="runs/bench_eggroll")
     args = p.parse_args(argv)
+    if args.rows < 1:
+        p.error(f"--rows must be >= 1, got {args.rows}")
     torch.set_num_threads(args.threads)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     clock = args.clock if args.clock != "auto" else ("cpu" if device == "cpu" and args.threads == 1 else "wall")
@@ -383,7 +389,7 @@ def main(argv=None):
     CLOCK["fn"] = time.process_time if clock == "cpu" else time.perf_counter
     print(f"timing: {clock} clock, interleaved best of {args.reps}, {args.threads} thread(s), device {device}",
           flush=True)
-    args.width, args.rows, args.gru_width = 1024, 8, 256
+    args.width, args.gru_width, args.tg_rows = 1024, 256, 8
     args.pops = [64, 256, 512, 1024, 2048, 4096]
     args.naive_pops, args.naive_sample = ([256, 1024, 4096], 32) if args.full else ([256, 1024], 8)
     args.tg_pops, args.tg_width = ([64, 256], 1024) if args.full else ([64], 256)

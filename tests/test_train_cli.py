@@ -167,6 +167,11 @@ def test_bench_sizes_and_a_tiny_run(tmp_path):
     cpu, full = bench.parse_args([]), bench.parse_args(["--full"])
     assert (cpu.epochs, cpu.batch_size, cpu.limit_train, cpu.rank) == (2, 256, 4096, 1)
     assert (full.epochs, full.batch_size, full.limit_train, full.rank) == (30, 512, None, None)
+    # the CPU size's staircase override applies unless --full or the user set rank/epochs
+    assert (bench.model_args("staircase", cpu).rank, bench.model_args("staircase", cpu).epochs) == (4, 3)
+    assert bench.model_args("snn", cpu).rank == 1 and bench.model_args("staircase", full).rank is None
+    mine = bench.model_args("staircase", bench.parse_args(["--rank", "2"]))
+    assert (mine.rank, mine.epochs) == (2, 3)
     with pytest.raises(SystemExit):
         bench.parse_args(["--models", "resnet"])
     out = str(tmp_path / "bench")
