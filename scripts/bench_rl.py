@@ -7,6 +7,10 @@ the same held-out episode seeds for every method (EvoTorch's center through
 steps are not charged to anyone's budget. On CartPole and Acrobot the fp32,
 int8 and binary variants of zoopt's OpenAI-ES policy also run.
 
+After the budget, each method's final center is scored on ``--final-episodes``
+held-out episodes (a seed stream no checkpoint uses, the same for every method):
+that is the number to compare, since one checkpoint's 10 episodes are noisy.
+
 Prints the test return (mean +- std over seeds) against env steps, the env
 steps needed to reach each env's target, and env steps per second; writes
 ``runs/bench_rl/results.json`` and one PNG of curves per environment.
@@ -77,8 +81,26 @@ def test_module(module, env_id: str, seeds) -> np.ndarray:
     return np.asarray(out)
 
 
+def final_seeds(seed: int, episodes: int) -> list[int]:
+    """Held-out episodes for the final center, shared by every method of a seed (a stream no checkpoint uses)."""
+    return episode_seeds(seed, 0, episodes, stream=2)
+
+
+def test_center(summary: dict, env_id: str, seeds) -> np.ndarray:
+    """Returns of train_rl's final center on ``seeds`` under its final observation normalization."""
+    from zoopt.problems.gym import Rollouts
+
+    problem = summary["problem"]
+    runner = Rollouts(env_id, problem.policy)
+    try:
+        returns, _ = runner.run(problem.policy.layers(summary["center"].reshape(1, -1)), seeds, problem.normalizer)
+    finally:
+        runner.close()
+    return returns[0]
+
+
 def run_pgpe(env_id: str, budget: int, seed: int, popsize: int, policy: str, hidden, test_every: int,
-             test_episodes: int, target):
+             test_episodes: int, target, final_episodes: int):
     """EvoTorch PGPE (ClipUp, centered ranks, symmetric sampling) on GymNE with observation normalization."""
     from evotorch.algorithms import PGPE
     from evotorch.neuroevolution import GymNE
@@ -104,30 +126,34 @@ def run_pgpe(env_id: str, budget: int, seed: int, popsize: int, policy: str, hid
             curve.append((steps, float(ret.mean())))
             if target is not None and reached is None and ret.mean() >= target:
                 reached = steps
+    final = test_module(problem.to_policy(searcher.status["center"]), env_id, final_seeds(seed, final_episodes))
     return {"curve": curve, "env_steps": problem.interaction_count, "train_seconds": train_time,
-            "seconds": time.perf_counter() - start, "reached_at": reached}
+            "seconds": time.perf_counter() - start, "reached_at": reached, "final_test": float(final.mean())}
 
 
 def run_ours(env_id: str, method: str, budget: int, seed: int, popsize: int, policy: str, hidden, quant: str,
-             test_every: int, test_episodes: int, target, stop: bool = False):
+             test_every: int, test_episodes: int, target, final_episodes: int, stop: bool = False):
     seed_everything(seed)
     summary = train_rl(env_id, method, budget=budget, popsize=popsize, seed=seed, policy=policy,
                        hidden=hidden or (16,), quant=quant, eval_every_steps=test_every, eval_episodes=test_episodes,
                        target=target if stop else None)
     curve = [(r["env_steps"], r["test_mean"]) for r in summary["history"] if "test_mean" in r]
     reached = next((s for s, v in curve if target is not None and v >= target), None)
+    final = test_center(summary, env_id, final_seeds(seed, final_episodes))
     return {"curve": curve, "env_steps": summary["env_steps"], "seconds": summary["seconds"],
-            "train_seconds": summary["seconds"] - summary["test_seconds"], "reached_at": reached}
+            "train_seconds": summary["seconds"] - summary["test_seconds"], "reached_at": reached,
+            "final_test": float(final.mean())}
 
 
 def summarize(runs, checkpoints: int, budget: int):
     """Mean and std over seeds of the test return at common step marks (last value carried forward)."""
     marks = np.linspace(budget / checkpoints, budget, checkpoints)
     table = []
-    for mark in marks:
+    for i, mark in enumerate(marks):
         vals = []
         for r in runs:
-            before = [v for s, v in r["curve"] if s <= mark * 1.0001]
+            last = i == len(marks) - 1   # the final test, even when a generation overshot the budget
+            before = [v for s, v in r["curve"] if last or s <= mark * 1.0001]
             vals.append(before[-1] if before else float("nan"))
         table.append((int(mark), float(np.nanmean(vals)), float(np.nanstd(vals))))
     return table
@@ -164,7 +190,9 @@ def main(argv=None) -> int:
     ap.add_argument("--budget", type=int, default=None, help="env steps per run (default: per env)")
     ap.add_argument("--full", action="store_true", help="the issue's budgets")
     ap.add_argument("--checkpoints", type=int, default=20)
-    ap.add_argument("--test-episodes", type=int, default=10)
+    ap.add_argument("--test-episodes", type=int, default=10, help="episodes per checkpoint test")
+    ap.add_argument("--final-episodes", type=int, default=50,
+                    help="held-out episodes on which the final center is scored (same seeds for every method)")
     ap.add_argument("--no-quant", action="store_true")
     ap.add_argument("--quant-methods", default="openai_es,polystep",
                     help="methods that also run int8 and binary policies on CartPole and Acrobot")
@@ -197,12 +225,13 @@ def main(argv=None) -> int:
         for method, quant in variants:
             label = f"zoopt {method}" + ("" if quant == "none" else f" {quant}")
             runs = [run_ours(env_id, method, budget, s, popsize, policy, hidden, quant, test_every,
-                             args.test_episodes, target, args.stop_at_target) for s in range(args.seeds)]
+                             args.test_episodes, target, args.final_episodes, args.stop_at_target)
+                    for s in range(args.seeds)]
             results[label] = {"runs": runs}
             print(f"  {label}: done ({sum(r['seconds'] for r in runs):.0f} s)", flush=True)
         if not args.no_peer and not args.quant_only:
-            runs = [run_pgpe(env_id, budget, s, popsize, policy, hidden, test_every, args.test_episodes, target)
-                    for s in range(args.seeds)]
+            runs = [run_pgpe(env_id, budget, s, popsize, policy, hidden, test_every, args.test_episodes, target,
+                             args.final_episodes) for s in range(args.seeds)]
             results["evotorch PGPE"] = {"runs": runs}
             print(f"  evotorch PGPE: done ({sum(r['seconds'] for r in runs):.0f} s)", flush=True)
         for label, entry in results.items():
@@ -211,20 +240,24 @@ def main(argv=None) -> int:
             entry["final_mean"], entry["final_std"] = entry["table"][-1][1], entry["table"][-1][2]
             entry["reached_at"] = [r["reached_at"] for r in runs]
             entry["best_test"] = [max(v for _, v in r["curve"]) for r in runs]
+            finals = [r["final_test"] for r in runs]
+            entry["final_test_mean"], entry["final_test_std"] = float(np.mean(finals)), float(np.std(finals))
             entry["steps_per_s"] = float(np.mean([r["env_steps"] / r["train_seconds"] for r in runs]))
         print(f"  {'env steps':>10} " + " ".join(f"{label:>22}" for label in results))
         for i in range(0, args.checkpoints, max(1, args.checkpoints // 5)):
             row = [results[label]["table"][i] for label in results]
             print(f"  {row[0][0]:>10} " + " ".join(f"{m:>13.1f} +- {s:>5.1f}" for _, m, s in row))
         peer = results.get("evotorch PGPE")
-        print(f"  {'method':<24} {'final return':>18} {'best test (per seed)':>26} {'steps to target (per seed)':>30} "
-              f"{'env steps/s':>12}")
+        final_head = f"final, {args.final_episodes} eps"
+        print(f"  {'method':<24} {'last checkpoint':>18} {final_head:>18} {'best test (per seed)':>26} "
+              f"{'steps to target (per seed)':>30} {'env steps/s':>12}")
         for label, entry in results.items():
             ratio = ""
             if peer is not None and label != "evotorch PGPE":
                 ratio = f"  ({entry['steps_per_s'] / peer['steps_per_s']:.1f}x PGPE's steps/s)"
             best = "[" + ", ".join(f"{b:.1f}" for b in entry["best_test"]) + "]"
-            print(f"  {label:<24} {entry['final_mean']:>9.1f} +- {entry['final_std']:>5.1f} {best:>26} "
+            print(f"  {label:<24} {entry['final_mean']:>9.1f} +- {entry['final_std']:>5.1f} "
+                  f"{entry['final_test_mean']:>9.1f} +- {entry['final_test_std']:>5.1f} {best:>26} "
                   f"{str(entry['reached_at']):>30} {entry['steps_per_s']:>12.0f}{ratio}")
         png = os.path.join(args.out, f"{env_id}.png")
         plot(results, png, env_id)
