@@ -201,3 +201,31 @@ def test_ours_and_the_official_package_get_the_same_schedules():
                 assert ours[key] == theirs[key]
             else:
                 assert [ours[key].at(t) for t in range(40)] == pytest.approx([theirs[key].at(t) for t in range(40)])
+
+
+def test_summarize_nondiff_merges_seeds_and_keeps_sizes_apart(tmp_path, capsys):
+    import importlib.util
+
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "scripts",
+                        "summarize_nondiff.py")
+    spec = importlib.util.spec_from_file_location("summarize_nondiff", path)
+    summ = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(summ)
+
+    def write(name, seed, rank, accs):
+        res = {"staircase": {"size": {"rank": rank, "epochs": 3},
+                             "polystep": {"best_test_acc": accs[0], "time_per_step_s": 1.0},
+                             "polystep_official": {"best_test_acc": accs[1], "time_per_step_s": 4.0}}}
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "results.json").write_text(json.dumps(
+            {"config": {"seed": seed, "rank": 1, "epochs": 2}, "results": res}))
+        return str(tmp_path / name)
+
+    dirs = [write("a", 0, 4, (0.30, 0.20)), write("b", 1, 4, (0.20, 0.20)), write("c", 0, 1, (0.1, 0.1))]
+    table = summ.collect(dirs)
+    assert set(table) == {("staircase", 4, 3), ("staircase", 1, 3)}
+    assert table[("staircase", 4, 3)][0] == pytest.approx((30.0, 20.0, 0.25))
+    assert summ.main(dirs) == 0
+    assert "+5.00" in capsys.readouterr().out      # mean diff over seeds 0 and 1 at rank 4
+    with pytest.raises(ValueError, match="twice"):
+        summ.collect(dirs + [write("d", 1, 4, (0.2, 0.2))])
