@@ -91,7 +91,8 @@ class Failing(Problem):
 @pytest.fixture(scope="module")
 def evaluator(ray_cluster):
     # half a CPU per actor leaves the other CPU of the 2-CPU test cluster to the evaluators tests build
-    ev = RayEvaluator(2, actor_config={"num_cpus": 0.5}, timeout_s=5.0, max_retries=2)
+    # a generous timeout: on a loaded machine an actor's first ModuleProblem range can take seconds
+    ev = RayEvaluator(2, actor_config={"num_cpus": 0.5}, timeout_s=60.0, max_retries=2)
     yield ev
     ev.close()
 
@@ -149,7 +150,11 @@ def test_a_dead_or_hung_actor_is_replaced_and_the_generation_is_unchanged(evalua
     expected = LocalEvaluator()(inner, spec)
     marker = tmp_path / "fault"
     replaced = evaluator.replaced
-    fitness = evaluator(FaultOnce(inner, marker, trigger=37, how=how), spec)  # a hang times out after 5 s
+    evaluator.timeout_s = 5.0 if how == "hang" else 60.0   # a hang times out after 5 s
+    try:
+        fitness = evaluator(FaultOnce(inner, marker, trigger=37, how=how), spec)
+    finally:
+        evaluator.timeout_s = 60.0
     assert marker.exists()  # the fault really happened, in an actor
     assert int(marker.read_text()) != os.getpid()
     assert torch.equal(fitness, expected)
