@@ -41,8 +41,8 @@ from zoopt.problems.zoo import MODELS, make_model, zoo_data
 ALL_METHODS = ("polystep", "polystep_official", "openai_es", "sep_cma_es", "spsa", "adam")
 OPTIONAL_METHODS = ("eggroll",)  # zoopt.EGGROLL, equal wall time like the ES baselines; opt in with --methods
 ES_METHODS = ("openai_es", "sep_cma_es", "spsa", "eggroll")
-# At rank 1 and 2 epochs the staircase net stays at chance for both implementations (10-14%, bench run of
-# session 2), so the CPU size gives it the paper's rank 4 and one more epoch, where both learn.
+# At rank 1 and 2 epochs the staircase net stays at chance for both implementations (10-14% test
+# accuracy), so the CPU size gives it the paper's rank 4 and one more epoch, where both learn.
 CPU_MODEL_OVERRIDES = {"staircase": {"rank": 4, "epochs": 3}}
 PAPER = {"snn": 93.36, "int8": 97.15, "argmax": 86.84, "staircase": 93.17, "moe": 90.70, "mlp": 96.00}
 
