@@ -82,22 +82,12 @@ def test_module(module, env_id: str, seeds) -> np.ndarray:
     return np.asarray(out)
 
 
+FINAL_STREAM = 2   # the final center's held-out episodes: a seed stream no checkpoint test uses
+
+
 def final_seeds(seed: int, episodes: int) -> list[int]:
-    """Held-out episodes for the final center, shared by every method of a seed (a stream no checkpoint uses)."""
-    return episode_seeds(seed, 0, episodes, stream=2)
-
-
-def test_center(summary: dict, env_id: str, seeds) -> np.ndarray:
-    """Returns of train_rl's final center on ``seeds`` under its final observation normalization."""
-    from zoopt.problems.gym import Rollouts
-
-    problem = summary["problem"]
-    runner = Rollouts(env_id, problem.policy)
-    try:
-        returns, _ = runner.run(problem.policy.layers(summary["center"].reshape(1, -1)), seeds, problem.normalizer)
-    finally:
-        runner.close()
-    return returns[0]
+    """The final test's episodes, shared by every method of a seed (what ``evaluate_center`` plays on that stream)."""
+    return episode_seeds(seed, 0, episodes, stream=FINAL_STREAM)
 
 
 def run_pgpe(env_id: str, budget: int, seed: int, popsize: int, policy: str, hidden, test_every: int,
@@ -140,7 +130,11 @@ def run_ours(env_id: str, method: str, budget: int, seed: int, popsize: int, pol
                        target=target if stop else None)
     curve = [(r["env_steps"], r["test_mean"]) for r in summary["history"] if "test_mean" in r]
     reached = next((s for s, v in curve if target is not None and v >= target), None)
-    final = test_center(summary, env_id, final_seeds(seed, final_episodes))
+    problem = summary["problem"]   # closed by train_rl; evaluate_center reopens its envs
+    try:
+        final = problem.evaluate_center(summary["center"], final_episodes, stream=FINAL_STREAM)
+    finally:
+        problem.close()
     return {"curve": curve, "env_steps": summary["env_steps"], "seconds": summary["seconds"],
             "train_seconds": summary["seconds"] - summary["test_seconds"], "reached_at": reached,
             "final_test": float(final.mean())}
