@@ -2,17 +2,42 @@
 
 Generic population forward: members' parameters are built from the spec in
 chunks and run together through ``torch.func.functional_call`` under
-``torch.vmap``. Structure-aware problems (EGGROLL's low-rank forward,
-PolyStep's block evaluation) override ``evaluate``.
+``torch.vmap``. A method that knows a cheaper way (EGGROLL's low-rank
+population layers, PolyStep's staged block evaluation) registers it for its
+spec kind with :func:`register_structured`; :meth:`ModuleProblem.evaluate`
+picks it from ``spec.kind`` and falls back to ``spec.points()``.
+
+The minibatch a generation is scored on is named in ``spec.extras[BATCH_KEY]``:
+``(epoch, k)`` names rows of the problem's own data (drawn as :func:`epoch_order`
+draws them, so an actor that holds the data needs only two ints), ``(x, y)``
+travels by value; without it the batch is ``batches(generation)``.
 """
 from __future__ import annotations
 
 import math
+from typing import Callable, Dict
 
 import torch
 from torch.func import functional_call
 
+from zoopt.spec import member_index
+
 from .base import Problem
+
+BATCH_KEY = "batch"
+
+# spec kind -> evaluate(problem, spec, members [n] int64, x, y) -> losses [n]
+STRUCTURED: Dict[str, Callable] = {}
+
+
+def register_structured(kind: str, evaluate: Callable) -> None:
+    """Make ``evaluate(problem, spec, members, x, y)`` the ModuleProblem path for specs of ``kind``."""
+    STRUCTURED[kind] = evaluate
+
+
+def epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
+    """The order in which epoch ``epoch`` visits ``n`` training examples (loops and actors agree)."""
+    return torch.randperm(n, generator=torch.Generator().manual_seed(int(seed) * 1_000_003 + int(epoch)))
 
 
 def trainable(model: torch.nn.Module) -> dict:
@@ -53,10 +78,12 @@ class Batches:
         if self.batch_size is None:
             return self.x, self.y
         per_epoch = len(self.x) // self.batch_size
-        epoch, k = divmod(generation, per_epoch)
-        g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
-        perm = torch.randperm(len(self.x), generator=g)
-        idx = perm[k * self.batch_size:(k + 1) * self.batch_size]
+        return self.rows(*divmod(generation, per_epoch))
+
+    def rows(self, epoch: int, k: int, batch_size: int | None = None):
+        """Minibatch ``k`` of epoch ``epoch`` (``batch_size`` rows, default this loader's)."""
+        size = batch_size or self.batch_size or len(self.x)
+        idx = epoch_order(len(self.x), self.seed, epoch)[k * size:(k + 1) * size]
         return self.x[idx], self.y[idx]
 
 
@@ -65,10 +92,11 @@ class ModuleProblem(Problem):
 
     ``data`` is ``(x, y)`` (optionally with ``batch_size``) or a callable
     ``generation -> (x, y)``. ``chunk`` members run per vmap call.
+    ``structured=False`` forces the generic ``points()`` path for every kind.
     """
 
     def __init__(self, model: torch.nn.Module, loss_fn, data, batch_size: int | None = None,
-                 chunk: int = 64, seed: int = 0):
+                 chunk: int = 64, seed: int = 0, structured: bool = True):
         self.model = model
         self.loss_fn = loss_fn
         self.batches = data if callable(data) else Batches(*data, batch_size=batch_size, seed=seed)
@@ -78,6 +106,13 @@ class ModuleProblem(Problem):
         self.buffers = dict(model.named_buffers())
         self.frozen = {n: p.detach() for n, p in model.named_parameters() if not p.requires_grad}
         self.chunk = int(chunk)
+        self.structured = bool(structured)
+        self.cache: dict = {}  # per-kind helpers of structured evaluations (rebuilt, never shipped)
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        state["cache"] = {}
+        return state
 
     def initial_point(self) -> torch.Tensor:
         return flatten_params(self.model)
@@ -100,11 +135,22 @@ class ModuleProblem(Problem):
 
     @torch.no_grad()
     def batch_for(self, spec):
-        """The minibatch ``(x, y)`` the members of ``spec`` are scored on."""
-        return self.batches(spec.generation)
+        """The minibatch ``(x, y)`` the members of ``spec`` are scored on (see the module doc)."""
+        named = spec.extras.get(BATCH_KEY)
+        if named is None:
+            return self.batches(spec.generation)
+        if isinstance(named[0], torch.Tensor):
+            return named
+        if not isinstance(self.batches, Batches):
+            raise ValueError("a batch named by (epoch, k) needs a ModuleProblem built from (x, y) data")
+        epoch, k, batch_size = named
+        return self.batches.rows(epoch, k, batch_size)
 
     def evaluate(self, spec, members) -> torch.Tensor:
         x, y = self.batch_for(spec)
+        structured = STRUCTURED.get(spec.kind) if self.structured else None
+        if structured is not None:
+            return structured(self, spec, member_index(members, spec.popsize), x, y).float()
         members = list(members)
         losses = []
         for start in range(0, len(members), self.chunk):
