@@ -87,7 +87,7 @@ def write_json(path: str, obj, indent: int | None = 2) -> None:
 
 
 # -- torch files ------------------------------------------------------------------
-_PLAIN = (str, int, float, bool, type(None))
+_PLAIN = (str, bytes, int, float, bool, type(None))
 
 
 def check_weights_only(obj, where: str = "obj") -> None:

@@ -22,12 +22,16 @@ from zoopt.spec import PerturbationSpec
 def as_center(x0, name: str = "x0") -> torch.Tensor:
     """A flat float32 copy of ``x0``; rejects non-finite and empty input."""
     if isinstance(x0, torch.Tensor):
+        if x0.is_complex():  # .to(float32) would silently keep the real part
+            raise TypeError(f"{name} must be real, got a complex tensor ({x0.dtype})")
         x = x0.detach().to(torch.float32).reshape(-1).clone()
     else:
+        if np.iscomplexobj(x0):
+            raise TypeError(f"{name} must be real, got complex values")
         try:
             x = torch.as_tensor(np.asarray(x0, dtype=np.float64), dtype=torch.float32).reshape(-1)
         except (TypeError, ValueError) as exc:
-            raise TypeError(f"{name} must be array-like of numbers: {exc}") from None
+            raise TypeError(f"{name} must be array-like of real numbers: {exc}") from None
     if x.numel() == 0:
         raise ValueError(f"{name} must not be empty")
     if not torch.isfinite(x).all():
