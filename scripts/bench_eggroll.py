@@ -36,8 +36,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 import zoopt  # noqa: E402
 from zoopt.eggroll import EGGROLL  # noqa: E402
-from zoopt.eggroll.noise import lowrank_factors  # noqa: E402
-from zoopt.kernels import normal  # noqa: E402
+from zoopt.kernels import lowrank_factors, normal  # noqa: E402
 
 
 CLOCK = {"fn": time.perf_counter}

@@ -8,7 +8,7 @@ from torch.func import functional_call
 
 import zoopt
 from zoopt.eggroll import EGGROLL, EGGROLLES, LowRankSpec
-from zoopt.eggroll.noise import lowrank_factors
+from zoopt.kernels import lowrank_factors
 from zoopt.eggroll.update import shape_fitness
 
 
@@ -209,8 +209,10 @@ def test_bad_arguments_name_the_argument():
             EGGROLL(model, **{"popsize": 8, **kwargs})
     with pytest.raises(TypeError, match="model"):
         EGGROLL("not a model")
-    with pytest.raises(ValueError, match="no parameter"):
-        EGGROLL(nn.Sequential(nn.Conv1d(1, 1, 3)), popsize=4)
+    with pytest.raises(ValueError, match=r"cannot perturb \['0.weight', '0.bias'\]"):
+        EGGROLL(nn.Sequential(nn.ConvTranspose1d(1, 1, 3)), popsize=4)
+    with pytest.warns(UserWarning, match="0.weight"), pytest.raises(ValueError, match="no parameter"):
+        EGGROLL(nn.Sequential(nn.ConvTranspose1d(1, 1, 3)), popsize=4, strict=False)
     opt = EGGROLL(model, popsize=4)
     with pytest.raises(ValueError, match="fitness"):
         opt.tell(torch.zeros(5))

@@ -9,7 +9,8 @@ from torch import nn
 from torch.func import functional_call
 
 from zoopt.eggroll import EGGROLL, PopLSTM, PopLSTMCell, PopRNN, PopRNNCell
-from zoopt.eggroll.noise import lowrank_factors, noise_epoch
+from zoopt.eggroll.noise import noise_epoch
+from zoopt.kernels import lowrank_factors
 from zoopt.eggroll.update import shape_fitness
 
 N, B, T, IN = 6, 2, 3, 5

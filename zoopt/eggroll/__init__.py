@@ -1,19 +1,23 @@
 """EGGROLL: low-rank evolution strategies at near-inference throughput (eggroll.md).
 
-``EGGROLL`` trains torch modules (population-aware layers swapped in place);
+``EGGROLL`` trains torch modules: a facade over ``EGGROLLES`` + a ``ModuleProblem``
+whose low-rank evaluation runs population-aware layers swapped in place + an evaluator;
 ``EGGROLLES`` is the ask/tell strategy for flat vectors, registered as
 ``method="eggroll"``; :mod:`.integer` holds the int8 EGG language model.
 """
+from zoopt.problems.module import register_structured
 from zoopt.registry import register
 
 from .layers import PopEmbedding, PopLayerNorm, PopLinear
 from .module import EGGROLL
 from .population import Population, PopulationHolder
+from .problem import evaluate_lowrank
 from .recurrent import PopGRU, PopGRUCell, PopLSTM, PopLSTMCell, PopRNN, PopRNNCell
 from .spec import LowRankSpec
 from .strategy import EGGROLLES
 
 register("eggroll", EGGROLLES)
+register_structured(LowRankSpec.kind, evaluate_lowrank)  # module x low-rank: the population layers
 
 __all__ = ["EGGROLL", "EGGROLLES", "LowRankSpec", "Population", "PopulationHolder", "PopLinear",
            "PopEmbedding", "PopLayerNorm", "PopRNN", "PopRNNCell", "PopGRU", "PopGRUCell", "PopLSTM",

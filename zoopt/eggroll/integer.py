@@ -19,7 +19,8 @@ EGG is a pre-LN int8 minGRU byte model with no activation functions::
   ``alpha_t = 1 / ((2^alpha - 1) t / 1000 + 1)``.
 
 Deviations from the reference code, all documented: noise comes from the keyed
-Philox generator (int8-rounded) instead of a 1 GiB pre-drawn table; LOG2 is
+Philox generator through an exact inverse-CDF table of ``round(16 N(0, 1))``
+(:func:`zoopt.kernels.int_noise`) instead of a 1 GiB pre-drawn table; LOG2 is
 computed from the bit length plus a 1024-entry mantissa table instead of a
 2^28-entry table (same values up to rounding of the last 1/16 bit); each
 generation starts every member's state at zero on a fresh window (no state
@@ -37,7 +38,7 @@ from dataclasses import dataclass
 
 import torch
 
-from zoopt.kernels import normal
+from zoopt.kernels import int_noise
 
 from .noise import noise_epoch, tensor_id_for
 
@@ -206,9 +207,9 @@ class IntNoise:
         self._cache: dict = {}
 
     def int8_normal(self, name: str, numel: int, pairs=None) -> torch.Tensor:
+        """Keyed int8 ``round(16 N(0, 1))`` on [-127, 127] (:func:`zoopt.kernels.int_noise`, CUDA kernel on GPUs)."""
         pairs = self.pairs if pairs is None else pairs
-        z = normal(self.seed, tensor_id_for(name), self.epoch, pairs, numel)
-        return clip8(torch.round(16 * z))
+        return int_noise(self.seed, tensor_id_for(name), self.epoch, pairs, numel)
 
     def factors(self, name: str, m: int, n: int):
         """Signed ``A [N, m]`` (int32) and ``B [N, n]`` (int8) of each member (rank 1); drawn once per

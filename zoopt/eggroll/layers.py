@@ -15,9 +15,13 @@ Rows are member-major (see :mod:`.population`).
 """
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from zoopt.kernels import fuses, lowrank_correction
 
 from .population import Population
 
@@ -84,6 +88,8 @@ def population_linear(pop: Population, x: torch.Tensor, weight: torch.Tensor, bi
     if shared is None:
         shared = pop.is_shared(x)
     member_bias = bias is not None and bias_mode == "full"
+    if weight_mode == "lowrank" and fuses(x.device, x.dtype, pop.rank):
+        return _fused_linear(pop, x, weight, bias, weight_id, bias_id, member_bias, shared)
     G, g = pop.groups, pop.group
     if shared:
         lead = tuple(x.shape[:-1])
@@ -110,6 +116,32 @@ def population_linear(pop: Population, x: torch.Tensor, weight: torch.Tensor, bi
                                         x3.dtype, center_bias=bias is not None)
         out = torch.bmm(left, right)
         out.view(-1, m).addmm_(x3.view(-1, n), weight.t())
+    pop.expanded = True
+    return out.reshape(*x.shape[:-1], m)
+
+
+def _fused_linear(pop: Population, x, weight, bias, weight_id, bias_id, member_bias, shared):
+    """CUDA tensors: the shared GEMM, then the fused kernel adds every member's rank-r term
+    with its factors drawn in registers (:func:`zoopt.kernels.lowrank_correction`)."""
+    m, n = weight.shape
+    if shared:
+        lead = tuple(x.shape[:-1])
+        x2 = x.reshape(-1, n)
+        xm = x2.unsqueeze(0).expand(pop.n, *x2.shape).contiguous()            # [N, R, n]
+        out = F.linear(x2, weight, bias).unsqueeze(0).repeat(pop.n, 1, 1)     # [N, R, m]
+    else:
+        if x.dim() < 2:
+            raise ValueError(f"input must be member-major [N*T, ..., {n}], got shape {tuple(x.shape)}")
+        pop.rows_per_member(x, "input")
+        lead = None
+        xm = x.reshape(pop.n, -1, n).contiguous()
+        out = F.linear(xm, weight, bias)
+    scales = pop.signs * (pop.sigma / math.sqrt(pop.rank))
+    lowrank_correction(out, xm, pop.seed, weight_id, pop.epoch, pop.members // 2, scales, pop.rank)
+    if member_bias:
+        out += pop.vector_noise(bias_id, (m,), dtype=out.dtype).unsqueeze(1)
+    if shared:
+        return _member_major(out, pop, lead)
     pop.expanded = True
     return out.reshape(*x.shape[:-1], m)
 

@@ -3,14 +3,21 @@
     opt = zoopt.EGGROLL(model, popsize=256, rank=1, sigma=0.05, lr=0.05, seed=0)
     loss = opt.step((x, y), torch.nn.CrossEntropyLoss())   # the center's loss, before the update
 
-The model's supported layers are swapped for population-aware ones (see
-:mod:`.swap`); its code is unchanged. ``step`` runs the whole population on
-the batch (every member sees the same rows, so the first layer's base GEMM
-runs once), turns each member's loss into a shaped fitness, and hands the
-gradient estimate ``sigma/sqrt(N) * sum_i f_i s_i A_i B_i^T / sqrt(r)`` — one
-GEMM over pairs per matrix — to a torch.optim optimizer (SGD by default, as
-in the paper; Adam and AdamW too). For reinforcement learning and other
-custom fitness, use ``members()``/``population()``/``tell()``::
+A facade over the engine's roles: the strategy is :class:`.EGGROLLES` on the
+model's trainable parameters (one block per parameter, keyed by its name), the
+problem is a ``ModuleProblem`` whose evaluation of low-rank specs runs the
+population-aware layers (:mod:`.problem`), and an evaluator (in process, or
+``evaluator="ray"``) scores the members. The model's supported layers are
+swapped for population-aware ones (:mod:`.swap`); its code is unchanged.
+
+Batches: ``step((x, y), loss_fn)`` ships the tensors with the generation;
+with ``data=(x_train, y_train)``, ``step((epoch, k, batch_size), loss_fn)``
+names rows ``k * batch_size ...`` of epoch ``epoch``'s order
+(``zoopt.problems.epoch_order(len(x_train), data_seed, epoch)``), so Ray
+actors, which received the model and the data once, get only those ints.
+
+For reinforcement learning and other custom fitness, use
+``members()``/``population()``/``tell()``::
 
     with opt.population():                 # all members, rows member-major
         actions = model(obs)               # obs [N * envs, obs_dim] -> [N * envs, ...]
@@ -18,32 +25,41 @@ custom fitness, use ``members()``/``population()``/``tell()``::
 """
 from __future__ import annotations
 
-import copy
-import math
+import warnings
 
 import torch
 from torch import nn
 
-from zoopt.optim import make_optimizer
-from zoopt.shaping import NONFINITE_POLICIES, check_choice, sanitize_fitness
-from zoopt.strategy import check_popsize, check_positive
+from zoopt.problems.module import BATCH_KEY, ModuleProblem, flatten_params, load_flat
+from zoopt.strategy import check_popsize
+from zoopt.workers import make_evaluator
 
-from .noise import full_noise, lowrank_factors, noise_epoch
 from .population import Population, PopulationHolder
-from .strategy import check_int, sigma_at
+from .strategy import EGGROLLES, check_int
 from .swap import plan_parameters, swap_layers, unswap
-from .update import check_shaping, lowrank_gradient, pair_weights, shape_fitness, vector_gradient
+from .update import shape_fitness
 
 
-def per_member_loss(loss_fn, out: torch.Tensor, target, n: int) -> torch.Tensor:
-    """``loss_fn(out_i, target)`` for each member's slice of member-major ``out``."""
-    out = out.reshape(n, -1, *out.shape[1:]) if out.shape[0] % n == 0 else None
-    if out is None:
-        raise ValueError("the model output's leading dimension is not a multiple of the population size")
-    try:
-        return torch.vmap(lambda o: loss_fn(o, target))(out).reshape(n).float()
-    except Exception:  # loss functions vmap cannot trace: one call per member
-        return torch.stack([torch.as_tensor(loss_fn(out[i], target)).reshape(()) for i in range(n)]).float()
+def _no_data(generation):
+    raise ValueError("this EGGROLL has no data=(x_train, y_train): pass the batch as (x, y) tensors")
+
+
+def _named(batch) -> bool:
+    """True for a batch named ``(epoch, k, batch_size)``."""
+    return (isinstance(batch, (tuple, list)) and len(batch) == 3
+            and all(isinstance(v, int) and not isinstance(v, bool) for v in batch))
+
+
+def _same_loss(a, b) -> bool:
+    """Two loss functions that compute the same thing (a fresh ``nn.CrossEntropyLoss()`` per step
+    must not re-ship the problem to every actor)."""
+    if a is b:
+        return True
+    if type(a) is not type(b) or not isinstance(a, nn.Module):
+        return False
+    plain = lambda m: {k: v for k, v in vars(m).items() if not k.startswith("_")}  # noqa: E731
+    same_buffers = all(torch.equal(x, y) for x, y in zip(a.buffers(), b.buffers()))
+    return plain(a) == plain(b) and same_buffers and len(list(a.buffers())) == len(list(b.buffers()))
 
 
 class EGGROLL:
@@ -53,56 +69,103 @@ class EGGROLL:
     "sgd" | "adam" | "adamw" | a torch.optim class; ``fitness_shaping`` "zscore"
     (default) | "centered_rank" | "raw"; ``group_size`` for group-wise z-scores;
     ``noise_reuse`` (1: fresh noise every step, 0: never); ``vectors`` "full" |
-    "frozen" for biases and norms; ``embeddings=False`` freezes embeddings;
-    ``exclude`` parameter-name patterns to freeze (e.g. the head);
-    ``sigma_decay`` / ``sigma_schedule(step)`` and ``lr_schedule(step) -> factor``
-    (a LambdaLR); ``chunk`` members per forward (memory bound).
+    "frozen" for biases, norms and bare parameters; ``embeddings=False`` freezes
+    embeddings; ``exclude`` parameter-name patterns to freeze (e.g. the head);
+    ``strict`` (default True) raises when a trainable parameter cannot be
+    perturbed, False warns and leaves it frozen; ``sigma_decay`` /
+    ``sigma_schedule(step)`` and ``lr_schedule(step) -> factor`` (a LambdaLR);
+    ``chunk`` members per forward (memory bound; None: a slice at once).
+    ``evaluator``: None / "local" | "ray" | an evaluator object, built with
+    ``evaluator_options``; ``data``/``data_seed``: the training split that
+    batches named ``(epoch, k, batch_size)`` index.
     """
 
     def __init__(self, model: nn.Module, popsize: int = 256, rank: int = 1, sigma: float = 0.05, lr: float = 0.05,
                  seed: int = 0, *, optimizer="sgd", weight_decay: float = 0.0, fitness_shaping: str = "zscore",
                  group_size: int = 0, noise_reuse: int = 1, vectors: str = "full", embeddings: bool = True,
-                 exclude=(), sigma_decay: float = 1.0, sigma_schedule=None, lr_schedule=None,
+                 exclude=(), strict: bool = True, sigma_decay: float = 1.0, sigma_schedule=None, lr_schedule=None,
                  chunk: int | None = None, nonfinite: str = "worst", noise_chunk: int = 256,
-                 optimizer_kwargs: dict | None = None):
+                 optimizer_kwargs: dict | None = None, evaluator=None, evaluator_options: dict | None = None,
+                 data=None, data_seed: int = 0):
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        check_popsize(popsize, antithetic=True)
+        chunk = None if chunk is None else check_int("chunk", chunk, 1)
+        if lr_schedule is not None and not callable(lr_schedule):
+            raise TypeError("lr_schedule must be a callable step -> value")
+        if evaluator_options is not None and not isinstance(evaluator_options, dict):
+            raise TypeError(f"evaluator_options must be a dict, got {type(evaluator_options).__name__}")
+        if data is not None and not (isinstance(data, (tuple, list)) and len(data) == 2):
+            raise TypeError("data must be (x_train, y_train)")
         self.model = model
-        self.popsize = check_popsize(popsize, antithetic=True)
-        self.rank = check_int("rank", rank, 1)
-        self.sigma0 = check_positive("sigma", sigma)
-        if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2 ** 63:
-            raise ValueError(f"seed must be an int in [0, 2**63), got {seed!r}")
-        self.seed = seed
-        self.noise_reuse = check_int("noise_reuse", noise_reuse, 0)
-        self.noise_chunk = check_int("noise_chunk", noise_chunk, 1)
-        self.chunk = None if chunk is None else check_int("chunk", chunk, 1)
-        self.fitness_shaping, self.group_size = check_shaping(fitness_shaping, group_size, self.popsize)
-        if not 0 < sigma_decay <= 1:
-            raise ValueError(f"sigma_decay must be in (0, 1], got {sigma_decay}")
-        for name, fn in (("sigma_schedule", sigma_schedule), ("lr_schedule", lr_schedule)):
-            if fn is not None and not callable(fn):
-                raise TypeError(f"{name} must be a callable step -> value")
-        self.sigma_decay, self.sigma_schedule = float(sigma_decay), sigma_schedule
-        self.nonfinite = check_choice("nonfinite", nonfinite, NONFINITE_POLICIES)
         self.plan = plan_parameters(model, vectors=vectors, embeddings=embeddings, exclude=exclude)
+        if self.plan.unsupported:
+            message = (f"EGGROLL cannot perturb {self.plan.unsupported} (supported: Linear, Embedding, Conv1d/2d/3d, "
+                       "norms, RNN/GRU/LSTM and their cells, MultiheadAttention, parameters of your own modules); "
+                       "freeze them with exclude=[...], or pass strict=False to train without them")
+            if strict:
+                raise ValueError(message)
+            warnings.warn(message, stacklevel=2)
         if not self.plan.perturbed():
-            raise ValueError("model has no parameter EGGROLL can perturb (supported: Linear, Embedding, "
-                             f"LayerNorm, RNN, GRU, LSTM and their cells); unsupported: {self.plan.unsupported}")
+            raise ValueError("model has no parameter EGGROLL can perturb")
         self.holder = PopulationHolder()
         self.swapped = swap_layers(model, self.holder, self.plan)
-        self.optimizer = make_optimizer(optimizer, [pp.param for pp in self.plan.perturbed()], lr=lr,
-                                        weight_decay=weight_decay, **(optimizer_kwargs or {}))
-        self.scheduler = (torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_schedule)
+        self.strategy = EGGROLLES(
+            flatten_params(model), popsize=popsize, sigma=sigma, lr=lr, rank=rank,
+            shapes=[tuple(pp.param.shape) for pp in self.plan.params], modes=[pp.mode for pp in self.plan.params],
+            tensor_ids=[pp.tensor_id for pp in self.plan.params], names=[pp.name for pp in self.plan.params],
+            optimizer=optimizer, weight_decay=weight_decay, fitness_shaping=fitness_shaping, group_size=group_size,
+            noise_reuse=noise_reuse, sigma_decay=sigma_decay, sigma_schedule=sigma_schedule, seed=seed,
+            nonfinite=nonfinite, noise_chunk=noise_chunk, optimizer_kwargs=optimizer_kwargs)
+        self.scheduler = (torch.optim.lr_scheduler.LambdaLR(self.strategy.optimizer, lr_schedule)
                           if lr_schedule is not None else None)
-        self.generation = 0
+        self.chunk = chunk
+        self.data = data
+        self.problem = ModuleProblem(model, None, data if data is not None else _no_data, chunk=chunk or 2,
+                                     seed=data_seed)
+        self.problem.population_chunk = chunk
+        self.evaluator = make_evaluator(evaluator, **(evaluator_options or {}))
         self.last_fitness = None
 
-    # -- population ---------------------------------------------------------------
+    # -- strategy state -----------------------------------------------------------
+    @property
+    def popsize(self) -> int:
+        return self.strategy.popsize
+
+    @property
+    def rank(self) -> int:
+        return self.strategy.rank
+
+    @property
+    def seed(self) -> int:
+        return self.strategy.seed
+
+    @property
+    def noise_reuse(self) -> int:
+        return self.strategy.noise_reuse
+
+    @property
+    def generation(self) -> int:
+        return self.strategy.generation
+
+    @generation.setter
+    def generation(self, value: int) -> None:
+        self.strategy._pending = None
+        self.strategy.generation = int(value)
+
     @property
     def sigma(self) -> float:
-        return sigma_at(self.sigma0, self.generation, self.sigma_decay, self.sigma_schedule)
+        return self.strategy.sigma
 
+    @property
+    def optimizer(self) -> torch.optim.Optimizer:
+        return self.strategy.optimizer
+
+    def spec(self):
+        """This generation's ``LowRankSpec`` (the strategy's pending ask)."""
+        return self.strategy.ask()
+
+    # -- population ---------------------------------------------------------------
     def members(self) -> torch.Tensor:
         return torch.arange(self.popsize)
 
@@ -112,91 +175,81 @@ class EGGROLL:
         members = self.members() if members is None else torch.as_tensor(members, dtype=torch.int64)
         if members.numel() and (int(members.min()) < 0 or int(members.max()) >= self.popsize):
             raise ValueError(f"members must lie in [0, {self.popsize})")
-        device = next(iter(self.plan.perturbed())).param.device
-        pop = Population(members, seed=self.seed, epoch=noise_epoch(self.generation, self.noise_reuse),
-                         sigma=self.sigma, rank=self.rank, device=device, shared=shared)
+        spec = self.spec()
+        device = self.plan.perturbed()[0].param.device
+        pop = Population(members, seed=spec.seed, epoch=spec.epoch, sigma=spec.sigma, rank=spec.rank,
+                         device=device, shared=shared)
         return self.holder.activate(pop)
+
+    def _rows(self, batch):
+        """``(x, y)`` tensors of ``batch``: given by value, or named ``(epoch, k, batch_size)`` in ``data``."""
+        if _named(batch):
+            if self.data is None:
+                raise ValueError("batch (epoch, k, batch_size) needs EGGROLL(..., data=(x_train, y_train))")
+            return self.problem.batches.rows(*batch)
+        if not (isinstance(batch, (tuple, list)) and len(batch) == 2):
+            raise TypeError("batch must be (x, y) tensors or (epoch, k, batch_size) ints")
+        return tuple(batch)
+
+    def _use_loss(self, loss_fn) -> None:
+        if not callable(loss_fn):
+            raise TypeError(f"loss_fn must be callable as loss_fn(output, target), got {type(loss_fn).__name__}")
+        if self.problem.loss_fn is None or not _same_loss(loss_fn, self.problem.loss_fn):
+            if self.problem.loss_fn is not None:  # a new problem object: evaluators re-ship it once
+                old = self.problem
+                self.problem = ModuleProblem(self.model, None, old.batches, chunk=old.chunk)
+                self.problem.population_chunk = self.chunk
+            self.problem.loss_fn = loss_fn
 
     @torch.no_grad()
     def evaluate(self, batch, loss_fn, members=None) -> torch.Tensor:
-        """Each member's loss on ``batch = (x, y)`` (x shared by all members); ``[len(members)]``."""
-        x, y = batch
-        members = self.members() if members is None else torch.as_tensor(members, dtype=torch.int64)
-        step = self.chunk or members.numel()
-        if step % 2 and step < members.numel():
-            step += 1  # keep antithetic pairs in one forward
-        losses = []
-        for start in range(0, members.numel(), step):
-            part = members[start:start + step]
-            with self.population(part, shared=x):
-                out = self.model(x)
-            losses.append(per_member_loss(loss_fn, out, y, part.numel()))
-        return torch.cat(losses)
+        """Each member's loss on ``batch`` (x shared by all members); ``[len(members)]``."""
+        self._use_loss(loss_fn)
+        rows = self._rows(batch)
+        spec = self.spec()
+        spec.extras[BATCH_KEY] = tuple(batch) if _named(batch) else rows
+        return self.evaluator(self.problem, spec, members)
 
     @torch.no_grad()
     def member_parameters(self, member: int) -> dict:
-        """Member ``member``'s materialized parameters ``{name: tensor}`` (the naive fallback;
+        """Member ``member``'s materialized parameters ``{name: tensor}`` (the naive reference;
         the population forward never builds them)."""
         member = int(member)
         if not 0 <= member < self.popsize:
             raise ValueError(f"member must be in [0, {self.popsize}), got {member}")
-        pair, sign = member // 2, 1.0 - 2.0 * (member % 2)
-        epoch = noise_epoch(self.generation, self.noise_reuse)
-        out = {}
-        for pp in self.plan.params:
-            p = pp.param.detach()
-            if pp.mode == "lowrank":
-                A, B = lowrank_factors(self.seed, pp.tensor_id, epoch, [pair], *p.shape, self.rank, device=p.device)
-                p = p + (sign * self.sigma / math.sqrt(self.rank)) * (A[0] @ B[0].T)
-            elif pp.mode == "full":
-                eps = full_noise(self.seed, pp.tensor_id, epoch, [pair], p.numel(), device=p.device)
-                p = p + (sign * self.sigma) * eps[0].reshape(p.shape)
-            out[pp.name] = p
-        return out
+        flat = self.spec().points([member])
+        params = dict(self.model.named_parameters())
+        out = self.problem.unflatten(flat)
+        return {name: value[0].to(params[name].dtype) for name, value in out.items()}
 
     # -- update -------------------------------------------------------------------
     @torch.no_grad()
-    def gradients(self, fitness: torch.Tensor) -> dict:
+    def gradients(self, fitness) -> dict:
         """Gradient estimates ``{param name: G}`` for a fitness vector ``[popsize]`` (lower is better)."""
-        shaped = shape_fitness(fitness, self.fitness_shaping, self.group_size)
-        w = pair_weights(shaped)
-        epoch = noise_epoch(self.generation, self.noise_reuse)
-        grads = {}
-        for pp in self.plan.perturbed():
-            p = pp.param
-            if pp.mode == "lowrank":
-                g = lowrank_gradient(self.seed, pp.tensor_id, epoch, w, *p.shape, self.rank, self.sigma,
-                                     self.popsize, self.noise_chunk, device=p.device)
-            else:
-                g = vector_gradient(self.seed, pp.tensor_id, epoch, w, p.numel(), self.sigma, self.popsize,
-                                    self.noise_chunk, device=p.device).reshape(p.shape)
-            grads[pp.name] = g.to(p.dtype)
-        return grads
+        f = torch.as_tensor(fitness, dtype=torch.float32).reshape(-1)
+        shaped = shape_fitness(f, self.strategy.fitness_shaping, self.strategy.group_size)
+        grad = self.strategy.gradient(self.spec(), shaped)
+        out = self.problem.unflatten(grad[None])
+        return {pp.name: out[pp.name][0] for pp in self.plan.perturbed()}
 
     def tell(self, fitness) -> dict:
-        """Apply one update from the population's fitness ``[popsize]``; returns stats."""
+        """Apply one update from the population's fitness ``[popsize]``; writes the new center into the model."""
         f = torch.as_tensor(fitness, dtype=torch.float32).reshape(-1).cpu()
         if f.numel() != self.popsize:
             raise ValueError(f"fitness must have {self.popsize} values, got {f.numel()}")
-        f, n_bad = sanitize_fitness(f, self.nonfinite)
-        grads = self.gradients(f)
-        for pp in self.plan.perturbed():
-            pp.param.grad = grads[pp.name]
-        self.optimizer.step()
-        for pp in self.plan.perturbed():
-            pp.param.grad = None
+        self.spec()
+        stats = self.strategy.tell(f)
+        load_flat(self.model, self.strategy.center)
         if self.scheduler is not None:
             self.scheduler.step()
-        self.generation += 1
         self.last_fitness = f
-        return {"generation": self.generation, "mean": float(f.mean()), "min": float(f.min()),
-                "max": float(f.max()), "sigma": self.sigma, "nonfinite": n_bad}
+        return {**stats, "sigma": self.sigma}
 
     def step(self, batch, loss_fn) -> float:
-        """One generation on ``batch = (x, y)``; updates the model in place and returns the
-        center's loss on the batch (before the update)."""
+        """One generation on ``batch`` (``(x, y)`` or ``(epoch, k, batch_size)``); updates the model in
+        place and returns the center's loss on the batch (before the update)."""
+        x, y = self._rows(batch)
         with torch.no_grad():
-            x, y = batch
             center_loss = float(loss_fn(self.model(x), y))
         self.tell(self.evaluate(batch, loss_fn))
         return center_loss
@@ -204,17 +257,25 @@ class EGGROLL:
     # -- checkpoints ----------------------------------------------------------------
     def state_dict(self) -> dict:
         """A snapshot (deep copy: later steps do not change it)."""
-        return copy.deepcopy({"name": "eggroll", "generation": self.generation, "seed": self.seed,
-                "optimizer": self.optimizer.state_dict(),
-                "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None})
+        self.strategy._pending = None  # the pending ask is a pure function of the state
+        state = self.strategy.state_dict()
+        state["scheduler"] = self.scheduler.state_dict() if self.scheduler is not None else None
+        return state
 
     def load_state_dict(self, state: dict) -> None:
-        if state.get("name") != "eggroll":
-            raise ValueError(f"state_dict is for {state.get('name')!r}, not 'eggroll'")
-        self.generation, self.seed = state["generation"], state["seed"]
-        self.optimizer.load_state_dict(state["optimizer"])
+        if not isinstance(state, dict) or state.get("name") != "eggroll":
+            raise ValueError(f"state_dict is for {state.get('name') if isinstance(state, dict) else state!r}, "
+                             "not 'eggroll'")
+        self.strategy.load_state_dict(state)
+        load_flat(self.model, self.strategy.center)
         if self.scheduler is not None and state.get("scheduler") is not None:
             self.scheduler.load_state_dict(state["scheduler"])
+
+    def close(self) -> None:
+        """Release the evaluator's workers (Ray actors)."""
+        close = getattr(self.evaluator, "close", None)
+        if close is not None:
+            close()
 
     def detach(self) -> None:
         """Restore the model's original layer classes."""

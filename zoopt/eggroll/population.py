@@ -16,7 +16,7 @@ import math
 
 import torch
 
-from .noise import full_noise, lowrank_factors, pairs_and_signs
+from zoopt.kernels import antithetic_pairs, lowrank_factors, normal
 
 
 class Population:
@@ -33,7 +33,7 @@ class Population:
         self.n = members.numel()
         self.seed, self.epoch, self.sigma, self.rank = int(seed), int(epoch), float(sigma), int(rank)
         self.device = torch.device(device) if device is not None else torch.device("cpu")
-        pairs, signs = pairs_and_signs(members)
+        pairs, signs = antithetic_pairs(members)
         even = members[0::2]
         paired = (self.n % 2 == 0 and bool((even % 2 == 0).all()) and bool((members[1::2] == even + 1).all()))
         self.group = 2 if paired else 1
@@ -88,7 +88,7 @@ class Population:
         """Unit full-rank noise ``[G, numel]`` of this slice's groups (no sign, no sigma)."""
         key = ("p", tensor_id)
         if key not in self._cache:
-            self._cache[key] = full_noise(self.seed, tensor_id, self.epoch, self.group_pairs, numel,
+            self._cache[key] = normal(self.seed, tensor_id, self.epoch, self.group_pairs, numel,
                                           device=self.device, dtype=dtype)
         return self._cache[key]
 

@@ -1,7 +1,10 @@
 """EGGROLLES: ask/tell EGGROLL for flat vectors (``zoopt.minimize(..., method="eggroll")``).
 
 The vector is one full-rank block by default; ``shapes=[(m, n), (k,), ...]``
-cuts it into tensors, the 2-D ones perturbed by rank-``r`` factors. ``ask()``
+cuts it into tensors, the 2-D ones perturbed by rank-``r`` factors (``modes``
+and ``tensor_ids`` set each block's mode and noise key, as the module
+optimizer does for a model's parameters). Frozen blocks never move, whatever
+the optimizer's weight decay. ``ask()``
 returns a :class:`LowRankSpec`; ``tell()`` shapes the fitness and hands the
 gradient estimate of :mod:`.update` to a torch.optim optimizer.
 """
@@ -40,7 +43,8 @@ class EGGROLLES(CenterOptimizerMixin, Strategy):
     name = "eggroll"
 
     def __init__(self, x0=None, *, dim: int | None = None, popsize: int = 64, sigma: float = 0.05,
-                 lr: float = 0.05, rank: int = 1, shapes=None, vectors: str = "full", optimizer="sgd",
+                 lr: float = 0.05, rank: int = 1, shapes=None, vectors: str = "full", modes=None, tensor_ids=None,
+                 names=None, optimizer="sgd",
                  weight_decay: float = 0.0, fitness_shaping: str = "zscore", group_size: int = 0,
                  noise_reuse: int = 1, sigma_decay: float = 1.0, sigma_schedule=None, seed: int = 0,
                  nonfinite: str = "worst", noise_chunk: int = 256, optimizer_kwargs: dict | None = None):
@@ -61,7 +65,8 @@ class EGGROLLES(CenterOptimizerMixin, Strategy):
         self.fitness_shaping, self.group_size = check_shaping(fitness_shaping, group_size, self.popsize)
         self._init_center(x0, optimizer, lr, weight_decay, optimizer_kwargs)
         self.blocks = make_blocks(shapes if shapes is not None else [(self.center.numel(),)],
-                                  self.center.numel(), vectors=vectors)
+                                  self.center.numel(), tensor_ids=tensor_ids, vectors=vectors, modes=modes,
+                                  names=names)
 
     @property
     def sigma(self) -> float:
@@ -78,11 +83,11 @@ class EGGROLLES(CenterOptimizerMixin, Strategy):
         grad = torch.zeros_like(self.center)
         for b in spec.blocks:
             if b.mode == "lowrank":
-                g = lowrank_gradient(spec.seed, b.tensor_id, epoch, w, *b.shape, spec.rank, spec.sigma,
-                                     spec.popsize, self.noise_chunk)
+                g = lowrank_gradient(spec.seed, b.tensor_id, epoch, w, *b.matrix, spec.rank, spec.sigma,
+                                     spec.popsize, self.noise_chunk, device=self.center.device)
             elif b.mode == "full":
                 g = vector_gradient(spec.seed, b.tensor_id, epoch, w, b.numel, spec.sigma, spec.popsize,
-                                    self.noise_chunk)
+                                    self.noise_chunk, device=self.center.device)
             else:
                 continue
             grad[b.offset:b.offset + b.numel] = g.reshape(-1)
@@ -90,7 +95,12 @@ class EGGROLLES(CenterOptimizerMixin, Strategy):
 
     def _tell(self, spec: LowRankSpec, fitness: torch.Tensor) -> None:
         shaped = shape_fitness(fitness, self.fitness_shaping, self.group_size)
+        decays = any(group.get("weight_decay", 0) for group in self.optimizer.param_groups)
+        frozen = [(b, self.center[b.offset:b.offset + b.numel].clone()) for b in self.blocks
+                  if b.mode == "frozen" and decays]
         self._apply_gradient(self.gradient(spec, shaped))
+        for b, value in frozen:  # decoupled weight decay would move them
+            self.center[b.offset:b.offset + b.numel] = value
 
     def _state(self) -> dict:
         return copy.deepcopy(self._center_state())  # a snapshot: later steps must not change it

@@ -18,7 +18,7 @@ import torch
 
 from zoopt.shaping import centered_ranks
 
-from .noise import full_noise, lowrank_factors
+from zoopt.kernels import lowrank_factors, normal
 
 SHAPINGS = ("zscore", "centered_rank", "raw")
 
@@ -80,6 +80,6 @@ def vector_gradient(seed: int, tensor_id: int, epoch: int, weights: torch.Tensor
     grad = torch.zeros(numel, device=device)
     for start in range(0, weights.numel(), chunk):
         w = weights[start:start + chunk].to(device=device, dtype=torch.float32)
-        eps = full_noise(seed, tensor_id, epoch, torch.arange(start, start + w.numel()), numel, device=device)
+        eps = normal(seed, tensor_id, epoch, torch.arange(start, start + w.numel()), numel, device=device)
         grad.addmv_(eps.t(), w)
     return grad * (sigma / math.sqrt(popsize))

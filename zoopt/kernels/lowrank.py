@@ -1,18 +1,19 @@
-"""Low-rank perturbation factors (EGGROLL) and the population correction term.
+"""Low-rank perturbation factors (EGGROLL) and the population correction term: one dispatch each.
 
 Factor layout, for a weight ``W`` of shape ``m x n`` (forward ``x W^T``): pair ``k``
 draws one keyed stream of ``(n + m) * r`` normals under ``(seed, tensor_id,
 generation)``, read row-major as a ``[n + m, r]`` matrix whose rows ``0 .. n-1``
 are ``B_k`` (input side) and rows ``n .. n+m-1`` are ``A_k`` (output side):
 ``B_k[j, c]`` is element ``j * r + c`` and ``A_k[i, c]`` is element
-``(n + i) * r + c``. This is the split of the EGGROLL reference code and of
-``zoopt.eggroll.noise.lowrank_factors``, so the GPU kernels and the engine's torch
-layers perturb identically. A member's weight is ``W + scale * A_k B_k^T``
-(EGGROLL: ``scale = sign * sigma / sqrt(r)``), and its output for inputs ``x`` is
-``x W^T + scale * (x B_k) A_k^T``.
+``(n + i) * r + c``. This is the split of the EGGROLL reference code. A member's
+weight is ``W + scale * A_k B_k^T`` (EGGROLL: ``scale = sign * sigma / sqrt(r)``),
+and its output for inputs ``x`` is ``x W^T + scale * (x B_k) A_k^T``.
 
-One call fills a whole population's factors ``[pairs, n + m, r]``; any subset of
-pairs regenerates exactly its own rows.
+Member ``i`` uses pair ``k = i // 2`` with sign ``+1`` (even ``i``) or ``-1`` (odd ``i``):
+:func:`antithetic_pairs`. Any subset of pairs regenerates exactly its own factors.
+EGGROLL's population layers call :func:`lowrank_correction` on CUDA tensors (the fused
+kernel draws the factors in registers); elsewhere they run the same algebra as batched
+torch products on :func:`lowrank_factors`.
 """
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ import numpy as np
 import torch
 
 from . import backend as _backend
-from .noise import _pairs_array, normal_numpy, normal_torch
+from .noise import _pairs_array, normal
 
 FUSED_RANKS = (1, 2, 4)
 FUSED_MAX_ROWS = 32  # rows of x per member up to which the fused kernel is the default
@@ -35,36 +36,29 @@ def _check_dims(**dims) -> None:
 
 
 def lowrank_factors(seed: int, tensor_id: int, generation: int, pairs, m: int, n: int, r: int,
-                    device=None, dtype=torch.float32, backend: str = "auto") -> torch.Tensor:
-    """Factors ``[len(pairs), n + m, r]`` of an ``m x n`` weight: ``B = out[:, :n]``, ``A = out[:, n:]``
-    (see module doc; :func:`split_factors` returns the pair ``(A, B)``)."""
+                    device=None, dtype=torch.float32, backend: str = "auto") -> Tuple[torch.Tensor, torch.Tensor]:
+    """Factors ``A [len(pairs), m, r]`` and ``B [len(pairs), n, r]`` of an ``m x n`` weight
+    (unit scale, no sign): views of one keyed draw ``[pairs, n + m, r]`` (see module doc)."""
     _check_dims(m=m, n=n, r=r)
-    device = _backend.as_device(device)
-    which = _backend.resolve(backend, device)
-    numel = (m + n) * r
-    if which == "numpy":
-        flat = torch.from_numpy(normal_numpy(seed, tensor_id, generation, pairs, numel)).to(device=device, dtype=dtype)
-    elif which == "cupy":
-        from . import cupy_backend
-        flat = cupy_backend.normal(seed, tensor_id, generation, pairs, numel, 0, device, dtype)
-    else:
-        flat = normal_torch(seed, tensor_id, generation, pairs, numel, device=device, dtype=dtype)
-    return flat.view(-1, n + m, r)
+    flat = normal(seed, tensor_id, generation, pairs, (m + n) * r, device=device, dtype=dtype, backend=backend)
+    z = flat.view(-1, n + m, r)
+    return z[:, n:], z[:, :n]
 
 
-def split_factors(factors: torch.Tensor, n: int) -> Tuple[torch.Tensor, torch.Tensor]:
-    """``(A [P, m, r], B [P, n, r])`` views of ``factors [P, n + m, r]`` (``n`` = input size)."""
-    if factors.dim() != 3 or not 0 < n < factors.shape[1]:
-        raise ValueError(f"factors must be [P, n + m, r] with 0 < n < n + m, got {tuple(factors.shape)} and n={n}")
-    return factors[:, n:], factors[:, :n]
+def antithetic_pairs(members) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Member ``2k`` -> (pair ``k``, sign ``+1``), member ``2k+1`` -> (pair ``k``, sign ``-1``):
+    ``(pairs int64, signs float32)``."""
+    idx = torch.as_tensor(members.cpu() if isinstance(members, torch.Tensor) else np.asarray(members),
+                          dtype=torch.int64).reshape(-1)
+    if idx.numel() and int(idx.min()) < 0:
+        raise ValueError("members must be ints >= 0")
+    return idx // 2, 1.0 - 2.0 * (idx % 2).to(torch.float32)
 
 
-def antithetic_pairs(members) -> Tuple[np.ndarray, np.ndarray]:
-    """Member ``2k`` -> (pair ``k``, sign ``+1``), member ``2k+1`` -> (pair ``k``, sign ``-1``)."""
-    idx = np.atleast_1d(np.asarray(members.cpu() if isinstance(members, torch.Tensor) else members, dtype=np.int64))
-    if idx.ndim != 1 or (idx.size and idx.min() < 0):
-        raise ValueError("members must be a 1-D sequence of ints >= 0")
-    return idx // 2, np.where(idx % 2 == 0, 1.0, -1.0)
+def fuses(device, dtype, r: int) -> bool:
+    """True when :func:`lowrank_correction` runs the fused CUDA kernel for tensors on ``device``."""
+    return (_backend.resolve("auto", device) == "cupy" and r in FUSED_RANKS
+            and dtype in (torch.float32, torch.bfloat16))
 
 
 def _as_rows(t: torch.Tensor, name: str) -> torch.Tensor:
@@ -116,9 +110,8 @@ def lowrank_correction(out: torch.Tensor, x: torch.Tensor, seed: int, tensor_id:
 def _unfused_correction(out3, x3, seed, tensor_id, generation, pair_arr, scale_arr, r, which):
     m, n = out3.shape[2], x3.shape[2]
     unique, inverse = np.unique(pair_arr, return_inverse=True)  # antithetic members share one draw
-    factors = lowrank_factors(seed, tensor_id, generation, unique, m, n, r, device=out3.device,
-                              dtype=x3.dtype, backend=which)
-    a, b = split_factors(factors, n)
+    a, b = lowrank_factors(seed, tensor_id, generation, unique, m, n, r, device=out3.device,
+                           dtype=x3.dtype, backend=which)
     index = torch.as_tensor(inverse, device=out3.device)
     proj = torch.einsum("mtn,mnr->mtr", x3, b[index])
     proj = proj * torch.as_tensor(scale_arr, dtype=proj.dtype, device=proj.device)[:, None, None]

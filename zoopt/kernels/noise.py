@@ -23,6 +23,7 @@ from typing import Sequence, Union
 import numpy as np
 import torch
 
+from . import backend as _backend
 from . import philox_c
 from .philox import MASK32, philox_numpy, philox_torch
 
@@ -146,6 +147,27 @@ def _uniforms_torch(seed, tensor_id, generation, pair_arr, first, last, device):
     gen = torch.tensor(generation, dtype=torch.int64, device=device)
     x0, x1, x2, x3 = philox_torch(blocks, tid, gen, pair_t, seed & MASK32, seed >> 32)
     return tuple(((x >> 8).to(torch.float32) + 0.5) * INV_2_24 for x in (x0, x1, x2, x3))
+
+
+def normal(seed: int, tensor_id: int, generation: int, pairs: PairsLike, numel: int, start: int = 0,
+           device=None, dtype=torch.float32, backend: str = "auto") -> torch.Tensor:
+    """Keyed standard normals ``[len(pairs), numel]`` on ``device``: the one dispatch every keyed draw uses.
+
+    ``backend="auto"`` runs the CUDA kernel (``noise.cu``) for CUDA tensors when CuPy sees a
+    GPU and the torch implementation otherwise (compiled Philox on CPU); ``"numpy"`` runs
+    the reference and copies to ``device``.
+    """
+    device = _backend.as_device(device)
+    which = _backend.resolve(backend, device)
+    if which == "numpy":
+        arr = normal_numpy(seed, tensor_id, generation, pairs, numel, start)
+        return torch.from_numpy(arr).to(device=device, dtype=dtype)
+    if which == "cupy":
+        from . import cupy_backend
+        _check_key(seed, tensor_id, generation)
+        _block_range(start, numel)
+        return cupy_backend.normal(seed, tensor_id, generation, _pairs_array(pairs), numel, start, device, dtype)
+    return normal_torch(seed, tensor_id, generation, pairs, numel, start, device=device, dtype=dtype)
 
 
 def raw_bits_numpy(seed: int, tensor_id: int, generation: int, pairs: PairsLike, blocks) -> np.ndarray:

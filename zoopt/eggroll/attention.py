@@ -1,0 +1,2 @@
+"""Population-aware attention (placeholder)."""
+SWAPS = {}

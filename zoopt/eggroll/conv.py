@@ -1,0 +1,2 @@
+"""Population-aware convolutions (placeholder)."""
+SWAPS = {}

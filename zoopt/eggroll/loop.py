@@ -1,0 +1,109 @@
+"""Parameters a user-defined module owns directly (a positional embedding, a custom norm's weight).
+
+Such a module's code reads its parameters anywhere, so there is no shared
+product to split: inside a population its forward runs once per member, with
+that member's parameters ``p + s sigma eps`` (full-rank keyed noise) and a
+one-member population active for the population-aware layers inside it. The
+per-member inputs are the member's rows of member-major tensors; tensors every
+member shares are passed whole. Outputs are stacked member-major. Cost: one
+forward of the module per member (the layers inside it still never build a
+member's weights).
+
+The swapped class is made per user class (:func:`loop_class`) and found again
+by name when a model is unpickled (a Ray actor): the name encodes the user
+class's module and qualified name.
+"""
+from __future__ import annotations
+
+import importlib
+
+import torch
+
+from .layers import _PopulationAware
+from .population import Population
+
+PREFIX = "MemberLoop_"
+_CLASSES: dict = {}
+
+
+def owns_parameters(module: torch.nn.Module, original: type) -> bool:
+    """True for a module of a user-defined class (not torch's) with trainable parameters of its own."""
+    if original.__module__.split(".")[0] == "torch":
+        return False
+    return any(p.requires_grad for p in module.parameters(recurse=False))
+
+
+def _split(value, pop: Population, i: int):
+    """Member ``i``'s part of an argument: its rows of a member-major tensor, else the value itself."""
+    if isinstance(value, torch.Tensor):
+        if value.dim() and not pop.is_shared(value) and value.shape[0] % pop.n == 0:
+            return value.reshape(pop.n, -1, *value.shape[1:])[i]
+        return value
+    if isinstance(value, (tuple, list)):
+        return type(value)(_split(v, pop, i) for v in value)
+    return value
+
+
+def _stack(outs: list):
+    first = outs[0]
+    if isinstance(first, torch.Tensor):
+        return torch.cat(outs, 0)
+    if isinstance(first, (tuple, list)):
+        return type(first)(_stack([o[k] for o in outs]) for k in range(len(first)))
+    if isinstance(first, dict):
+        return {k: _stack([o[k] for o in outs]) for k in first}
+    raise TypeError(f"{type(first).__name__} output of a member-loop module cannot be stacked per member")
+
+
+class MemberLoop(_PopulationAware):
+    """Mixin: the module's own forward, once per member inside a population (see module doc)."""
+
+    def forward(self, *args, **kwargs):
+        pop = self._population()
+        original = self._eggroll_original.forward
+        if pop is None or getattr(self, "_eggroll_looping", False):
+            return original(self, *args, **kwargs)
+        own = {name: p for name, p in self._parameters.items()
+               if p is not None and self._eggroll_modes.get(name) == "full"}
+        noise = {name: pop.vector_noise(self._eggroll_ids[name], tuple(p.shape), dtype=p.dtype)
+                 for name, p in own.items()}
+        outs = []
+        try:
+            self._eggroll_looping = True
+            for i in range(pop.n):
+                member_args = [_split(a, pop, i) for a in args]
+                member_kwargs = {k: _split(v, pop, i) for k, v in kwargs.items()}
+                shared = [a for a in (*args, *kwargs.values()) if isinstance(a, torch.Tensor) and pop.is_shared(a)]
+                sub = Population(pop.members[i:i + 1], seed=pop.seed, epoch=pop.epoch, sigma=pop.sigma,
+                                 rank=pop.rank, device=pop.device)
+                for a in shared:
+                    sub.mark_shared(a)
+                for name, p in own.items():
+                    self._parameters[name] = p + noise[name][i]
+                with self._eggroll_holder.activate(sub):
+                    outs.append(original(self, *member_args, **member_kwargs))
+        finally:
+            for name, p in own.items():
+                self._parameters[name] = p
+            self._eggroll_looping = False
+        pop.expanded = True
+        return _stack(outs)
+
+
+def loop_class(cls: type) -> type:
+    """The member-loop subclass of user class ``cls`` (made once, named so pickle finds it)."""
+    name = PREFIX + f"{cls.__module__}:{cls.__qualname__}".encode().hex()
+    if name not in _CLASSES:
+        _CLASSES[name] = type(name, (MemberLoop, cls), {"__module__": __name__, "__qualname__": name})
+    return _CLASSES[name]
+
+
+def __getattr__(name: str):
+    """Unpickling looks the class up by name here: rebuild it from the user class it encodes."""
+    if name.startswith(PREFIX):
+        module, qualname = bytes.fromhex(name[len(PREFIX):]).decode().split(":", 1)
+        obj = importlib.import_module(module)
+        for part in qualname.split("."):
+            obj = getattr(obj, part)
+        return loop_class(obj)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

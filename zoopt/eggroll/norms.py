@@ -1,0 +1,3 @@
+"""Population-aware norms (placeholder)."""
+NORMS = ()
+SWAPS = {}
