@@ -120,11 +120,23 @@ def _mismatch(rank, group):
     return None
 
 
+def _missing_loss(rank, group):
+    """The controller needs every rank's loss: step() without one must say so at the sync."""
+    p = torch.nn.Parameter(torch.zeros(1))
+    sched = HDETOneCycleLR(torch.optim.SGD([p], lr=0.1), max_lr=0.1, total_steps=10, sync_every=2,
+                           auto_lr_start=0, process_group=group)
+    try:
+        sched.step(), sched.step()
+    except ValueError as e:
+        return str(e)
+    return None
+
+
 def _scenarios(rank, group):
     return {"sgd": _trajectory(rank, "sgd", group), "adam": _trajectory(rank, "adam", group),
             "resume": _resume(rank, group), "up": _direction(rank, -1.0, 0.004, group),
             "directions": {sign: _direction(rank, sign, 1e-4, group) for sign in (-1.0, 0.0, 1.0)},
-            "mismatch": _mismatch(rank, group)}
+            "mismatch": _mismatch(rank, group), "missing_loss": _missing_loss(rank, group)}
 
 
 def worker(rank, world, port, out_dir):

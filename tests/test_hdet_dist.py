@@ -94,6 +94,12 @@ def test_mismatched_permutations_raise(runs):
         assert r["mismatch"] is not None and "perm_seed" in r["mismatch"]
 
 
+def test_missing_loss_raises_at_the_sync(runs):
+    world, res = runs
+    for r in res:
+        assert r["missing_loss"] is not None and "step(loss)" in r["missing_loss"]
+
+
 def test_controller_direction(runs):
     world, res = runs
     for r in res:

@@ -15,6 +15,9 @@ from zoopt.hdet.permutation import PermutationStream, spread_multipliers
 from zoopt.hdet.schedule import OneCycleCurve
 
 SCHEDULES_AFTER_START = ("controller", "onecycle")
+# Default end value of the 'controller' schedule, as a fraction of the base LR when the controller
+# starts (the peak, with the default start at the end of OneCycle's rise). See HDETOneCycleLR.
+DEFAULT_FLOOR_RATIO = 0.22
 
 
 class EnsembleSchedule:
@@ -52,19 +55,26 @@ class EnsembleSchedule:
         self.stream = PermutationStream(n_replicas, perm_seed)
         self.perms = torch.arange(n_replicas).repeat(self.n_groups, 1)       # [G, N]
         self.spread_on = self.spread_before_auto_lr
+        self.hyperparams = list(hyperparams)
+        # The controller has a signal only where replicas differ: one replica, or no spread on
+        # the LR, leaves the LR to the OneCycle curve (exactly OneCycleLR, the drop-in promise).
+        self.lr_explored = self.auto_lr and n_replicas > 1 and self.spread > 0
+        self.controlled = self.auto_lr and n_replicas > 1 and (self.spread > 0 or bool(self.hyperparams))
 
-        # γ takes the base from its value when the controller starts to the floor in K syncs.
-        first = -(-self.auto_lr_start // sync_every) * sync_every
-        self.num_controller_syncs = max(0, (total - first) // sync_every + 1) if first <= total else 0
-        start_lr = curve.lr(self.auto_lr_start)
+        # γ takes the base from the value the first controller sync sees (the held OneCycle value
+        # at auto_lr_start, or the curve at the last step before it when that step ends a window)
+        # to the floor over the K controller syncs whose new LR some step uses (t < total_steps).
+        first = max(-(-self.auto_lr_start // sync_every) * sync_every, sync_every)
+        self.num_controller_syncs = max(0, (total - 1 - first) // sync_every + 1) if first <= total - 1 else 0
+        self.start_lr = curve.lr(self.auto_lr_start if self.auto_lr_start < first else first - 1)
         self.lr_floor = None
         decay = [0.0] * self.n_groups
         if schedule_after_start == "controller":
-            floor = curve.min_lr if lr_floor is None else (
+            floor = [DEFAULT_FLOOR_RATIO * s for s in self.start_lr] if lr_floor is None else (
                 list(lr_floor) if isinstance(lr_floor, (list, tuple)) else [float(lr_floor)] * self.n_groups)
             self.lr_floor = floor
             if self.auto_lr:
-                decay = decay_from_floor(start_lr, floor, self.num_controller_syncs)
+                decay = decay_from_floor(self.start_lr, floor, self.num_controller_syncs)
         elif lr_floor is not None:
             raise ValueError("lr_floor applies only with schedule_after_start='controller' "
                              "(with 'onecycle' the curve itself decays)")
@@ -74,20 +84,24 @@ class EnsembleSchedule:
         self.controller = ZeroOrderController(self.n_groups, temperature, meta_lr, momentum, decay, lower=lower)
         self.held = None            # controller-owned base LR [G] (float64), once active
         self.scale = torch.ones(self.n_groups, dtype=torch.float64)        # 'onecycle' mode correction
-        self.hyperparams = list(hyperparams)
         for i, h in enumerate(self.hyperparams):
             h.bind(n_replicas, perm_seed + 1 + i)
         self.t = 0
 
     # ------------------------------------------------------------------ values
     def controller_active(self, t=None) -> bool:
-        return self.auto_lr and (self.t if t is None else t) >= self.auto_lr_start
+        """Whether a sync at step ``t`` (default: now) runs the controller (gathers losses)."""
+        return self.controlled and (self.t if t is None else t) >= self.auto_lr_start
+
+    def _lr_held(self) -> bool:
+        """The controller, not the OneCycle curve, owns the base LR now ('controller' schedule)."""
+        return self.lr_explored and self.t >= self.auto_lr_start and self.schedule_after_start == "controller"
 
     def base_lr(self) -> torch.Tensor:
         """Unscaled base LR η̄ per group at the current step, ``[G]`` float64."""
-        if self.controller_active() and self.schedule_after_start == "controller":
+        if self._lr_held():
             if self.held is None:
-                self.held = torch.tensor(self.curve.lr(self.auto_lr_start), dtype=torch.float64)
+                self.held = torch.tensor(self.start_lr, dtype=torch.float64)
             return self.held
         return self.scale * torch.tensor(self.curve.lr(self.t), dtype=torch.float64)
 
@@ -99,7 +113,7 @@ class EnsembleSchedule:
 
     def lrs_for(self, replica: int) -> list[float]:
         """LR per group of one replica at the current step (the per-step fast path)."""
-        if self.controller_active() and self.schedule_after_start == "controller":
+        if self._lr_held():
             base = self.base_lr().tolist()
         else:
             scale = self.scale.tolist()
@@ -134,7 +148,11 @@ class EnsembleSchedule:
     def controller_sync(self, lrs_used: torch.Tensor, train_losses: torch.Tensor,
                         heldout_losses: torch.Tensor | None = None) -> dict:
         """Auto-LR step at a sync (call only when :meth:`controller_active`), then redraw π."""
-        if self.schedule_after_start == "controller":
+        if not self.lr_explored:          # only scalars explored: the LR stays on the curve
+            new_base = self.base_lr()
+            self.controller.last = {"weights": self.controller.weights(train_losses),
+                                    "delta": torch.zeros(self.n_groups, dtype=torch.float64)}
+        elif self.schedule_after_start == "controller":
             new_base = self.controller.update(train_losses, lrs_used)
             self.held = new_base
         else:

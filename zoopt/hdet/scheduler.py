@@ -8,6 +8,7 @@ from zoopt.hdet.ensemble import EnsembleSchedule
 from zoopt.hdet.permutation import check_same_on_all_ranks
 from zoopt.hdet.schedule import OneCycleCurve
 from zoopt.hdet.sync import all_gather_rows, average_parameters, collective_device, rank_and_world
+from zoopt.hdet.warm_init import perturb_, warm_noise
 
 NONFINITE_POLICIES = ("drop", "raise", "ignore")
 
@@ -22,22 +23,40 @@ class HDETOneCycleLR(LRScheduler):
     ``auto_lr_start`` on the zero-order controller moves each group's base LR towards the
     multipliers whose replicas had the lower mean training loss, then redraws π.
 
+    Drop-in: with one process (no process group, or a group of one) or ``spread=0`` there is
+    nothing to explore, and the LR and momentum are exactly ``torch.optim.lr_scheduler.OneCycleLR``'s
+    at every step, for every OneCycle argument (``last_epoch=k`` resumes at step k + 1, as torch).
+
     OneCycleLR arguments (same meaning): ``max_lr, total_steps, epochs, steps_per_epoch,
     pct_start, anneal_strategy, cycle_momentum, base_momentum, max_momentum, div_factor,
     final_div_factor, three_phase, last_epoch``.
 
     HDET arguments:
-        spread: α, multipliers ρ_r = 1 + α(r − (N−1)/2)/max((N−1)/2, ½) in [1−α, 1+α], 0 ≤ α < 1.
+        spread: α, multipliers ρ_r = 1 + α(r − (N−1)/2)/max((N−1)/2, ½) in [1−α, 1+α], 0 ≤ α < 1
+            (paper 1/9 with 8 ranks).
         sync_every: T, steps between parameter averagings / controller updates.
         auto_lr: switch for the controller. auto_lr_start: S_warm, the step from which it runs
             (default: the end of OneCycle's rising phase).
         average: switch for parameter averaging (independent of ``auto_lr``).
         temperature: softmax temperature σ on window-mean loss differences (paper 0.1; the
             released code used 0.002). meta_lr: λ. momentum: β.
-        lr_floor: float or one per group; the per-sync decay γ = 1 − (floor/η̄_start)^(1/K) takes
-            the base LR from its value at ``auto_lr_start`` to the floor over the K remaining
-            syncs (default: OneCycle's final LR). 0 ≤ γ < 1 is checked.
+        lr_floor: float or one per group: where the 'controller' schedule ends. From
+            ``auto_lr_start`` the base LR decays by γ per sync, γ = 1 − (floor/η̄_start)^(1/K), K =
+            the controller syncs whose new LR a step still uses (a sync at t = total_steps is not
+            counted), so without a signal the last LR used is the floor; the floor also bounds the
+            controller from below. Default: 0.22·η̄_start (η̄_start is the peak with the default
+            start), the residual LR the paper reports for its run (about 2e-4 at a 9e-4 peak).
+            Alternatives, and why not: OneCycle's ``min_lr`` (max_lr/250,000 with the default
+            factors) anneals the exploration away; the paper's Eq. 6, γ = 1 − exp(−ln(f_div/
+            f_final)/K), has a sign error (with the defaults it grows the LR 400×: the released
+            code does this); with the sign corrected it decays by f_final/f_div (to η̄_start/400),
+            and in this project's tuning runs low floors lost: 0.003·peak scored 0.10 nats/byte
+            worse than 0.03·peak (``scripts/bench_hdet.py`` TUNING_LOG). 0 ≤ γ < 1 is checked.
         perm_seed: seed of the dedicated generator that draws the permutations (same on all ranks).
+        init_noise: ν of the warm noisy initialisation (paper Eq. 9, ν = 0.01 in "HDET full";
+            default 0, off): at construction (``last_epoch=-1`` only) every rank adds its own noise
+            of per-tensor std ν·RMS(p) to ``params``, drawn from a stream keyed by (init_seed,
+            rank); see :mod:`zoopt.hdet.warm_init`. Build the scheduler after loading a checkpoint.
         params: tensors to average (default: every parameter in the optimizer).
         hyperparams: :class:`zoopt.hdet.hyperparams.ExploredScalar` values explored alongside.
         spread_before_auto_lr: paper True; False reproduces the released code, whose spread
@@ -51,15 +70,16 @@ class HDETOneCycleLR(LRScheduler):
         process_group: torch.distributed group (default: the world).
 
     Call ``step(loss)`` after ``optimizer.step()`` with this rank's training loss of that step;
-    ``heldout_loss`` feeds scalars explored with ``signal="heldout"``. Without an initialised
-    process group it runs as a single replica (plain OneCycleLR).
+    ``heldout_loss`` feeds scalars explored with ``signal="heldout"``. Resuming an exploring run
+    needs :meth:`state_dict` / :meth:`load_state_dict` (``last_epoch`` restores the curve only).
     """
 
     def __init__(self, optimizer, max_lr, total_steps=None, epochs=None, steps_per_epoch=None, pct_start=0.3,
                  anneal_strategy="cos", cycle_momentum=True, base_momentum=0.85, max_momentum=0.95,
                  div_factor=25.0, final_div_factor=1e4, three_phase=False, last_epoch=-1, *, spread=0.1,
                  sync_every=1000, auto_lr=True, auto_lr_start=None, average=True, temperature=0.1,
-                 meta_lr=0.5, momentum=0.9, lr_floor=None, perm_seed=1024, params=None, hyperparams=(),
+                 meta_lr=0.5, momentum=0.9, lr_floor=None, perm_seed=1024, init_noise=0.0, init_seed=0,
+                 params=None, hyperparams=(),
                  spread_before_auto_lr=True, schedule_after_start="controller", nonfinite="drop",
                  verify_permutations=True, process_group=None):
         if not isinstance(optimizer, torch.optim.Optimizer):
@@ -96,7 +116,11 @@ class HDETOneCycleLR(LRScheduler):
             if cycle_momentum:
                 group["max_momentum"] = self.curve.max_momentum[g]
                 group["base_momentum"] = self.curve.base_momentum[g]
-        self.ensemble.t = max(last_epoch, 0)
+        if last_epoch == -1:
+            perturb_(self.params, init_noise, self.rank, init_seed)
+        else:
+            warm_noise([], init_noise, self.rank, init_seed)          # same argument checks
+        self.ensemble.t = last_epoch + 1           # torch: last_epoch=k resumes at step k + 1
         self.last_epoch = self.ensemble.t
         self._reset_window()
         self.history = []            # one dict per controller sync (rank-identical)
@@ -140,7 +164,8 @@ class HDETOneCycleLR(LRScheduler):
     def _finite_weight(self, window_loss) -> float:
         if self.nonfinite == "ignore":
             return 1.0
-        finite = bool(torch.isfinite(window_loss).all()) and all(bool(torch.isfinite(p).all()) for p in self.params)
+        loss_ok = self._loss_count == 0 or bool(torch.isfinite(window_loss).all())     # no loss given: params only
+        finite = loss_ok and all(bool(torch.isfinite(p).all()) for p in self.params)
         if not finite and self.nonfinite == "raise":
             raise FloatingPointError(f"rank {self.rank}: non-finite parameters or loss at step {self.ensemble.t}")
         return 1.0 if finite else 0.0
@@ -168,11 +193,11 @@ class HDETOneCycleLR(LRScheduler):
         ens = self.ensemble
         device = collective_device(self.group, self.params[0].device if self.params else None)
         window = self._window_mean(self._loss_sum, self._loss_count, device)
+        if ens.controller_active() and self._loss_count == 0:
+            raise ValueError("auto-LR needs this rank's training loss: call scheduler.step(loss)")
         if ens.average and self.world_size > 1:
             average_parameters(self.params, self.group, weight=self._finite_weight(window))
         if ens.controller_active():
-            if self._loss_count == 0:
-                raise ValueError("auto-LR needs this rank's training loss: call scheduler.step(loss)")
             losses = all_gather_rows(window, self.group, device)
             heldout = None
             if self._heldout_count:

@@ -11,6 +11,11 @@ The line structure needs an update direction identical for every replica, so it 
 decay (coupled or decoupled: both depend on θ_r) and turning averaging off while the controller
 reshuffles multipliers. ``mode="copies"`` keeps N full model/optimizer copies instead and is exact
 for any optimizer (N× memory).
+
+Warm noisy initialisation (``init_noise`` ν > 0): replica r starts at θ̄ + ε_r with the same ε_r
+the distributed scheduler's rank r draws. In line mode the replicas then sit at
+θ_anchor + d_r − ρ_r·U with d_r = ε_r − mean(ε) (the update never changes d_r), so the offsets
+are kept until the first averaging folds them into the mean.
 """
 from __future__ import annotations
 
@@ -20,6 +25,7 @@ import torch
 
 from zoopt.hdet.ensemble import EnsembleSchedule
 from zoopt.hdet.schedule import OneCycleCurve
+from zoopt.hdet.warm_init import perturb_, warm_noise
 
 MODES = ("line", "copies")
 
@@ -38,8 +44,8 @@ class HDETSimulation:
                  cycle_momentum=True, base_momentum=0.85, max_momentum=0.95, div_factor=25.0,
                  final_div_factor=1e4, three_phase=False, *, mode="line", spread=0.1, sync_every=1000,
                  auto_lr=True, auto_lr_start=None, average=True, temperature=0.1, meta_lr=0.5, momentum=0.9,
-                 lr_floor=None, perm_seed=1024, hyperparams=(), spread_before_auto_lr=True,
-                 schedule_after_start="controller"):
+                 lr_floor=None, perm_seed=1024, init_noise=0.0, init_seed=0, hyperparams=(),
+                 spread_before_auto_lr=True, schedule_after_start="controller"):
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
         if not isinstance(num_replicas, int) or num_replicas < 1:
@@ -62,11 +68,14 @@ class HDETSimulation:
             if auto_lr and not average:
                 raise ValueError("mode='line' needs average=True when auto_lr reshuffles multipliers; "
                                  "use mode='copies'")
+            self.offsets = self._warm_offsets(init_noise, init_seed)
             self.anchor = [p.detach().clone() for p in self._params(optimizer)]
         else:
             if hyperparams:
                 raise ValueError("mode='copies' does not support explored hyperparameters; use mode='line'")
             self.replicas = [(model, optimizer)] + [copy.deepcopy((model, optimizer)) for _ in range(num_replicas - 1)]
+            for r, (_, opt) in enumerate(self.replicas):
+                perturb_(self._params(opt), init_noise, r, init_seed)
         self._loss_sum = torch.zeros(num_replicas, dtype=torch.float64)
         self._loss_count = 0
         self.history = []
@@ -74,6 +83,18 @@ class HDETSimulation:
     @staticmethod
     def _params(optimizer):
         return [p for g in optimizer.param_groups for p in g["params"]]
+
+    @torch.no_grad()
+    def _warm_offsets(self, nu, seed):
+        """Line mode: move the model to θ̄ + mean(ε) and return d_r = ε_r − mean(ε) (None if ν = 0)."""
+        params = self._params(self.optimizer)
+        noise = [warm_noise(params, nu, r, seed) for r in range(self.n)]    # checks ν and seed
+        if nu == 0:
+            return None
+        mean = [torch.stack(parts).mean(0) for parts in zip(*noise)]
+        for p, m in zip(params, mean):
+            p.add_(m)
+        return [[e - m for e, m in zip(eps, mean)] for eps in noise]
 
     def lrs(self) -> torch.Tensor:
         """``[N, G]`` LR of every replica and param group for the next step."""
@@ -89,29 +110,29 @@ class HDETSimulation:
                 else:
                     group["momentum"] = momenta[g]
 
-    @torch.no_grad()
-    def _materialise(self, replica: int, mult: torch.Tensor, mean: list):
-        i = 0
+    def _line_point(self, replica: int, mult: torch.Tensor, mean: list) -> list[torch.Tensor]:
+        """θ_r = θ_anchor − ρ_r·(θ_anchor − θ_mean) (+ d_r while warm-init offsets remain)."""
+        out, i = [], 0
         for g, group in enumerate(self.optimizer.param_groups):
             m = float(mult[replica, g])
-            for p in group["params"]:
+            for _ in group["params"]:
                 a = self.anchor[i]
-                p.copy_(a - m * (a - mean[i]))
+                point = a - m * (a - mean[i].detach())
+                out.append(point if self.offsets is None else point + self.offsets[replica][i])
                 i += 1
+        return out
+
+    @torch.no_grad()
+    def _materialise(self, replica: int, mult: torch.Tensor, mean: list):
+        for p, point in zip(self._params(self.optimizer), self._line_point(replica, mult, mean)):
+            p.copy_(point)
 
     def replica_parameters(self, replica: int) -> list[torch.Tensor]:
         """Current parameters of one replica (flat list in optimizer order)."""
         if self.mode == "copies":
             return [p.detach().clone() for p in self._params(self.replicas[replica][1])]
-        mult = self.ensemble.multipliers()
-        mean = self._params(self.optimizer)
-        out, i = [], 0
-        for g, group in enumerate(self.optimizer.param_groups):
-            for _ in group["params"]:
-                a = self.anchor[i]
-                out.append((a - float(mult[replica, g]) * (a - mean[i].detach())).clone())
-                i += 1
-        return out
+        with torch.no_grad():
+            return self._line_point(replica, self.ensemble.multipliers(), self._params(self.optimizer))
 
     def step(self, batches, loss_fn, heldout_fn=None) -> torch.Tensor:
         """One data-parallel step of all replicas; returns their losses ``[N]``.
@@ -201,6 +222,7 @@ class HDETSimulation:
         if ens.average:
             if self.mode == "line":
                 self.anchor = [p.detach().clone() for p in self._params(self.optimizer)]
+                self.offsets = None
             else:
                 for tensors in zip(*[self._params(opt) for _, opt in self.replicas]):
                     avg = torch.stack([p.data for p in tensors]).sum(0).div_(self.n)
@@ -221,6 +243,7 @@ class HDETSimulation:
                  "loss_count": self._loss_count, "history": list(self.history), "mode": self.mode}
         if self.mode == "line":
             state["anchor"] = [a.clone() for a in self.anchor]
+            state["offsets"] = None if self.offsets is None else [[d.clone() for d in o] for o in self.offsets]
         else:
             state["replicas"] = [(copy.deepcopy(m.state_dict()), copy.deepcopy(o.state_dict()))
                                  for m, o in self.replicas[1:]]
@@ -235,6 +258,7 @@ class HDETSimulation:
         self.history = list(state["history"])
         if self.mode == "line":
             self.anchor = [a.clone() for a in state["anchor"]]
+            self.offsets = None if state["offsets"] is None else [[d.clone() for d in o] for o in state["offsets"]]
         else:
             for (m, o), (ms, os_) in zip(self.replicas[1:], state["replicas"]):
                 m.load_state_dict(ms)
