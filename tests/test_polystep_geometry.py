@@ -4,9 +4,10 @@ import math
 import pytest
 import torch
 
-from zoopt.polystep.geometry import (biased_rotations, cube_vertices, haar_rotations, num_vertices,
-                                     orthoplex_vertices, polytope_vertices, probe_offsets, probe_points,
-                                     probe_scales, rotated_vertices, simplex_vertices, step_generator)
+from zoopt import kernels as K
+from zoopt.polystep.geometry import (ROTATION_TENSOR_ID, biased_rotations, cube_vertices, jitter_uniform,
+                                     num_vertices, orthoplex_vertices, polytope_vertices, probe_offsets,
+                                     probe_points, probe_scales, rotated_vertices, simplex_vertices, step_rotations)
 from zoopt.polystep.plans import (barycentric_step, normalize_rows, sanitize_costs, sinkhorn_plan,
                                   softmax_plan, template_step)
 
@@ -56,32 +57,26 @@ def test_template_errors():
 
 @pytest.mark.parametrize("d", [1, 2, 3, 8])
 def test_rotations_orthogonal_det_one(d):
-    r = haar_rotations(200, d, key=(0, 1, 2), dtype=torch.float64)
+    r = step_rotations(0, 2, range(200), d, dtype=torch.float64)
     eye = torch.eye(d, dtype=torch.float64).expand(200, d, d)
     assert torch.allclose(r.transpose(1, 2) @ r, eye, atol=1e-10)
     assert torch.allclose(torch.linalg.det(r), torch.ones(200, dtype=torch.float64), atol=1e-10)
 
 
-def test_rotations_from_generator_orthogonal_and_reproducible():
-    a = haar_rotations(50, 8, generator=step_generator(3, 7))
-    b = haar_rotations(50, 8, generator=step_generator(3, 7))
-    c = haar_rotations(50, 8, generator=step_generator(3, 8))
-    assert torch.equal(a, b) and not torch.equal(a, c)
-    assert torch.allclose(torch.linalg.det(a.double()), torch.ones(50, dtype=torch.float64), atol=1e-5)
+def test_step_rotations_are_the_keyed_kernel_and_a_pure_function_of_seed_step_particle():
+    whole = step_rotations(5, 11, range(30), 4)
+    assert torch.equal(whole, K.haar_rotations(5, ROTATION_TENSOR_ID, 11, range(30), 4))
+    assert torch.equal(whole[[12, 3, 29]], step_rotations(5, 11, [12, 3, 29], 4))  # any subset, any order
+    assert not torch.equal(step_rotations(5, 12, range(30), 4), whole)
+    assert not torch.equal(step_rotations(6, 11, range(30), 4), whole)
+    ref = torch.from_numpy(K.haar_rotations_numpy(5, ROTATION_TENSOR_ID, 11, range(30), 4)).float()
+    assert torch.allclose(whole, ref, atol=1e-6)
 
 
-def test_keyed_rotations_slice_consistent():
-    whole = haar_rotations(30, 4, key=(5, 9, 11))
-    part = haar_rotations(10, 4, key=(5, 9, 11), first=12)
-    assert torch.equal(whole[12:22], part)
-    assert not torch.equal(haar_rotations(30, 4, key=(5, 9, 12)), whole)
-
-
-def test_rotation_source_required():
-    with pytest.raises(ValueError, match="exactly one"):
-        haar_rotations(3, 2)
-    with pytest.raises(ValueError, match="exactly one"):
-        haar_rotations(3, 2, key=(0, 0, 0), generator=torch.Generator())
+def test_jitter_uniform_is_keyed_and_spread():
+    u = [jitter_uniform(3, t) for t in range(400)]
+    assert u == [jitter_uniform(3, t) for t in range(400)] and u != [jitter_uniform(4, t) for t in range(400)]
+    assert min(u) >= 0 and max(u) < 1 and abs(sum(u) / 400 - 0.5) < 0.05
 
 
 @pytest.mark.parametrize("d", [2, 3, 8])
@@ -89,7 +84,7 @@ def test_haar_distribution_sanity(d):
     """Haar on SO(d): E[R] = 0, the first column is uniform on the sphere (E[x x^T] = I/d),
     and tr(R) has mean 0 and variance 1 (d >= 3) or 2 (d = 2) -- moments of the Haar measure."""
     n = 20_000
-    r = haar_rotations(n, d, key=(1, 2, 3), dtype=torch.float64)
+    r = step_rotations(1, 3, range(n), d, dtype=torch.float64)
     assert r.mean(0).abs().max() < 4.5 / math.sqrt(n)
     col = r[:, :, 0]
     second = col.T @ col / n
@@ -100,8 +95,8 @@ def test_haar_distribution_sanity(d):
 
 
 def test_biased_rotation_aligns_first_column():
-    g = step_generator(0, 0)
-    r = haar_rotations(64, 8, generator=g, dtype=torch.float64)
+    g = torch.Generator().manual_seed(0)
+    r = step_rotations(0, 0, range(64), 8, dtype=torch.float64)
     dirs = torch.randn(64, 8, generator=g, dtype=torch.float64)
     dirs[5] = 0.0
     dirs[6] = float("nan")
@@ -117,7 +112,7 @@ def test_biased_rotation_aligns_first_column():
 
 def test_probe_points_geometry():
     u = orthoplex_vertices(4, dtype=torch.float64)
-    r = haar_rotations(6, 4, key=(0, 0, 0), dtype=torch.float64)
+    r = step_rotations(0, 0, range(6), 4, dtype=torch.float64)
     x = torch.randn(6, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
     assert torch.allclose(probe_scales(3), torch.tensor([0.25, 0.5, 0.75]))
     pts = probe_points(x, u, r, 2.0, num_probes=3)
@@ -185,9 +180,9 @@ def test_sanitize_costs():
 
 def test_barycentric_step_bounded_by_alpha():
     g = torch.Generator().manual_seed(4)
-    for name, d in [("orthoplex", 8), ("simplex", 4), ("cube", 3), ("orthoplex", 2)]:
+    for step, (name, d) in enumerate([("orthoplex", 8), ("simplex", 4), ("cube", 3), ("orthoplex", 2)]):
         u = polytope_vertices(name, d)
-        r = haar_rotations(500, d, generator=g)
+        r = step_rotations(4, step, range(500), d)
         w = softmax_plan(torch.randn(500, len(u), generator=g) * 5, 0.05)
         alpha = torch.rand(500, generator=g) * 3
         delta = barycentric_step(w, u, r, alpha)

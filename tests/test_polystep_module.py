@@ -99,8 +99,8 @@ def test_structured_evaluation_equals_naive_forward_on_the_zoo(name):
     opt.step((x, y), LOSS)
     prop = opt.stepper.propose()
     theta = opt.theta()
-    fast = opt.evaluator.losses(x, y, LOSS, prop.offsets, theta)
-    assert opt.evaluator.route_counts().get("linear", 0) > 0
+    fast = opt.block_evaluator.losses(x, y, LOSS, prop.offsets, theta)
+    assert opt.block_evaluator.route_counts().get("linear", 0) > 0
     ref = _naive_costs(opt, model, x, y, prop.offsets, theta)
     assert torch.allclose(fast, ref, rtol=0, atol=1e-12)
     assert fast.std() > 0
@@ -113,7 +113,7 @@ def test_structured_evaluation_equals_naive_for_other_polytopes(polytope):
                          probe_radius=4.0)
     x, y = torch.randn(8, 10, dtype=torch.float64), torch.randint(0, 3, (8,))
     prop = opt.stepper.propose()
-    fast = opt.evaluator.losses(x, y, LOSS, prop.offsets, opt.theta())
+    fast = opt.block_evaluator.losses(x, y, LOSS, prop.offsets, opt.theta())
     assert torch.allclose(fast, _naive_costs(opt, model, x, y, prop.offsets, opt.theta()), rtol=0, atol=1e-12)
 
 
@@ -136,8 +136,8 @@ def test_sequential_plain_and_unstructured_models_match_naive():
         model = model.double()
         opt = zoopt.PolyStep(model, seed=0, epsilon=0.5, step_radius=1.0, probe_radius=2.0, **kw)
         prop = opt.stepper.propose()
-        fast = opt.evaluator.losses(x, y, LOSS, prop.offsets, opt.theta())
-        assert route in opt.evaluator.route_counts()
+        fast = opt.block_evaluator.losses(x, y, LOSS, prop.offsets, opt.theta())
+        assert route in opt.block_evaluator.route_counts()
         assert torch.allclose(fast, _naive_costs(opt, model, x, y, prop.offsets, opt.theta()), rtol=0, atol=1e-12)
         generic = BlockEvaluator(model, opt.subspace, opt.stepper.particle_dim, structured=False)
         assert torch.allclose(generic.losses(x, y, LOSS, prop.offsets, opt.theta()), fast, rtol=0, atol=1e-12)
@@ -149,8 +149,8 @@ def test_chunking_does_not_change_costs():
     big = zoopt.PolyStep(model, rank=2, seed=1, epsilon=0.5, step_radius=2.0, probe_radius=3.0)
     tiny = zoopt.PolyStep(model, rank=2, seed=1, epsilon=0.5, step_radius=2.0, probe_radius=3.0, activation_bytes=1)
     prop = big.stepper.propose()
-    a = big.evaluator.losses(x, y, LOSS, prop.offsets, big.theta())
-    b = tiny.evaluator.losses(x, y, LOSS, prop.offsets, tiny.theta())
+    a = big.block_evaluator.losses(x, y, LOSS, prop.offsets, big.theta())
+    b = tiny.block_evaluator.losses(x, y, LOSS, prop.offsets, tiny.theta())
     assert torch.allclose(a, b, rtol=0, atol=1e-12)
 
 
@@ -171,9 +171,9 @@ def test_compiled_tail_equals_eager_and_naive(name):
     eager = zoopt.PolyStep(model, rank=2, seed=1, epsilon=0.5, step_radius=2.0, probe_radius=3.0, compile=False)
     compiled = zoopt.PolyStep(model, rank=2, seed=1, epsilon=0.5, step_radius=2.0, probe_radius=3.0, compile=True)
     prop = eager.stepper.propose()
-    a = eager.evaluator.losses(x, y, LOSS, prop.offsets, eager.theta())
-    b = compiled.evaluator.losses(x, y, LOSS, prop.offsets, compiled.theta())
-    assert any(entry not in (None, False) for entry in compiled.evaluator._compiled.values())  # it did compile
+    a = eager.block_evaluator.losses(x, y, LOSS, prop.offsets, eager.theta())
+    b = compiled.block_evaluator.losses(x, y, LOSS, prop.offsets, compiled.theta())
+    assert any(entry not in (None, False) for entry in compiled.block_evaluator._compiled.values())  # it did compile
     assert torch.allclose(a, b, rtol=0, atol=1e-10)
     assert torch.allclose(b, _naive_costs(compiled, model, x, y, prop.offsets, compiled.theta()), rtol=0, atol=1e-10)
 

@@ -3,9 +3,11 @@
 Modules: ``geometry`` (polytope templates, Haar rotations, probes), ``plans``
 (softmax / Sinkhorn plans, barycentric step), ``schedules`` (epsilon and
 radius schedules, the radius rule), ``subspace`` (hybrid random subspace),
-``particles`` (the block update shared by both interfaces), ``strategy``
-(ask/tell :class:`PolyStepES`), ``module`` (:class:`PolyStep` for torch
-modules, with the structure-aware candidate evaluation).
+``particles`` (the block update and the keyed step geometry), ``strategy``
+(ask/tell :class:`PolyStepES` and its :class:`BlockSpec`), ``evaluate`` (the
+staged candidate evaluation on a torch model), ``problem`` (that evaluation as
+the ``"block"`` kind of ``ModuleProblem``), ``module`` (:class:`PolyStep`, the
+torch-module facade: strategy + problem + evaluator).
 """
 from zoopt.registry import register
 

@@ -186,23 +186,27 @@ class BlockEvaluator:
 
     # -- evaluation ------------------------------------------------------------------------------
     @torch.no_grad()
-    def losses(self, x, y, loss_fn, offsets: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
-        """Costs ``[P, V, K]`` for probe offsets ``[P, V, K, d]`` around the current model ``theta``."""
+    def losses(self, x, y, loss_fn, offsets: torch.Tensor, theta: torch.Tensor, first: int = 0) -> torch.Tensor:
+        """Costs ``[n, V, K]`` for the probe offsets ``[n, V, K, d]`` of particles ``first .. first + n - 1``
+        around the current model ``theta`` (the model's parameters must hold ``theta``)."""
         p, v, k, d = offsets.shape
+        if not 0 <= first and first + p <= self.num_particles:
+            raise ValueError(f"particles {first}..{first + p - 1} outside 0..{self.num_particles - 1}")
         acts = self._stage_inputs(x)
         out = torch.empty(p, v * k, dtype=torch.promote_types(torch.float32, theta.dtype))
         i = 0
         while i < p:
-            route = self.routes[i] if acts is not None else Route("model", 0, self.routes[i].layers)
+            route = self.routes[first + i]
+            route = route if acts is not None else Route("model", 0, route.layers)
             j = i + 1
             limit = self._chunk_particles(route, acts, x, v * k)
-            while j < p and j - i < limit and self._same_group(route, j, acts):
+            while j < p and j - i < limit and self._same_group(route, first + j, acts):
                 j += 1
             deltas = offsets[i:j].reshape(j - i, v * k, d)
             if route.kind == "linear":
-                out[i:j] = self._linear(route, acts, y, loss_fn, i, deltas)
+                out[i:j] = self._linear(route, acts, y, loss_fn, first + i, deltas)
             else:
-                out[i:j] = self._vmapped(route, acts, x, y, loss_fn, i, deltas, theta)
+                out[i:j] = self._vmapped(route, acts, x, y, loss_fn, first + i, deltas, theta)
             i = j
         return out.reshape(p, v, k)
 

@@ -9,11 +9,10 @@ vertices per polytope, ``K`` probes per vertex.
   Haar-uniformly and fresh every step; its vertex ``v`` sits at
   ``x_i + r * R_i u_v``.
 
-Randomness is a pure function of a key, so a run can be resumed bit for bit:
-either a ``torch.Generator`` the caller seeds from (seed, step) — see
-:func:`step_generator` — or the engine's keyed Philox noise, ``key=(seed,
-tensor_id, generation)``, which also lets any slice of particles regenerate
-exactly its own rotations (``first=``).
+Randomness is a pure function of ``(seed, step, particle)`` through the
+engine's keyed counter generator (:func:`step_rotations`, one implementation in
+:mod:`zoopt.kernels.rotations`), so a run resumes bit for bit and any worker
+regenerates exactly the rotations of the particles it evaluates.
 """
 from __future__ import annotations
 
@@ -22,7 +21,8 @@ from typing import Optional, Tuple
 
 import torch
 
-from zoopt.kernels import normal
+from zoopt import kernels
+from zoopt.kernels import normal, vertex_offsets
 
 POLYTOPES = ("orthoplex", "simplex", "cube")
 MAX_CUBE_DIM = 16  # 2**16 vertices per particle is already far beyond any sensible use
@@ -84,69 +84,25 @@ def num_vertices(name: str, dim: int) -> int:
 
 # -- rotations ----------------------------------------------------------------------------------
 
-def step_generator(seed: int, step: int, stream: int = 0, device=None) -> torch.Generator:
-    """A ``torch.Generator`` seeded as a pure function of ``(seed, step, stream)``."""
-    mixed = (int(seed) * 0x9E3779B97F4A7C15 + int(step) * 0xBF58476D1CE4E5B9 + int(stream) * 0x94D049BB133111EB)
-    mixed ^= mixed >> 31
-    g = torch.Generator(device=device if device is not None else "cpu")
-    g.manual_seed(mixed % (2 ** 63))
-    return g
-
-
-def haar_from_gaussian(gauss: torch.Tensor) -> torch.Tensor:
-    """Map i.i.d. standard normal matrices ``[n, d, d]`` to Haar-distributed rotations in SO(d).
-
-    ``d = 1``: the identity (SO(1) is trivial). ``d = 2``: the rotation taking
-    ``e_0`` to the normalized first column (its angle is uniform). ``d > 2``:
-    ``Q`` of the QR decomposition times the signs of ``diag(R)`` (Haar on O(d),
-    sign(0) = +1), then column 0 negated where ``det = -1``.
-    """
-    if gauss.dim() != 3 or gauss.shape[1] != gauss.shape[2]:
-        raise ValueError(f"gauss must have shape [n, d, d], got {tuple(gauss.shape)}")
-    n, d = gauss.shape[0], gauss.shape[1]
-    if d == 1:
-        return torch.ones_like(gauss)
-    if d == 2:
-        col = gauss[:, :, 0]
-        norm = col.norm(dim=1, keepdim=True)
-        unit = torch.where(norm > 0, col / norm.clamp_min(torch.finfo(col.dtype).tiny), torch.tensor([1.0, 0.0], dtype=col.dtype, device=col.device))
-        c, s = unit[:, 0], unit[:, 1]
-        return torch.stack([torch.stack([c, -s], 1), torch.stack([s, c], 1)], 1)
-    q, r = torch.linalg.qr(gauss)
-    diag = torch.diagonal(r, dim1=-2, dim2=-1)
-    signs = torch.where(diag < 0, -torch.ones_like(diag), torch.ones_like(diag))
-    q = q * signs[:, None, :]
-    flip = torch.linalg.det(q) < 0
-    q[:, :, 0] = torch.where(flip[:, None], -q[:, :, 0], q[:, :, 0])
-    return q
-
-
 ROTATION_TENSOR_ID = 0x50_53_52  # "PSR": keyed-noise stream of PolyStep rotations
+JITTER_TENSOR_ID = 0x50_53_4A    # "PSJ": keyed-noise stream of the probe-radius jitter
 
 
-def haar_rotations(count: int, dim: int, *, generator: Optional[torch.Generator] = None,
-                   key: Optional[Tuple[int, int, int]] = None, first: int = 0,
-                   dtype=torch.float32, device=None) -> torch.Tensor:
-    """``count`` Haar rotations ``[count, d, d]`` in SO(d).
+def step_rotations(seed: int, step: int, particles, dim: int, *, dtype=torch.float32, device=None) -> torch.Tensor:
+    """Haar rotations ``[len(particles), d, d]`` of one step: a pure function of ``(seed, step, particle)``.
 
-    Exactly one randomness source: ``generator`` (a seeded ``torch.Generator``)
-    or ``key = (seed, tensor_id, generation)`` for the keyed Philox noise, in
-    which case particle ``first + i`` always gets the same rotation whatever
-    slice it is drawn in.
+    One implementation for every caller (:func:`zoopt.kernels.haar_rotations`:
+    the reference on CPU, the CUDA kernel on CUDA devices), so any worker
+    regenerates exactly the rotations of the particles it evaluates.
     """
-    if isinstance(count, bool) or not isinstance(count, int) or count < 0:
-        raise ValueError(f"count must be an int >= 0, got {count!r}")
-    d = _check_dim(dim)
-    if (generator is None) == (key is None):
-        raise ValueError("give exactly one of generator= or key=(seed, tensor_id, generation)")
-    if key is not None:
-        seed, tensor_id, generation = key
-        gauss = normal(seed, tensor_id, generation, torch.arange(first, first + count), d * d, device=device,
-                       dtype=torch.float32).reshape(count, d, d)
-    else:
-        gauss = torch.randn(count, d, d, generator=generator, device=generator.device, dtype=torch.float32)
-    compute = torch.float64 if dtype == torch.float64 else torch.float32
-    return haar_from_gaussian(gauss.to(compute)).to(dtype=dtype, device=device)
+    return kernels.haar_rotations(int(seed), ROTATION_TENSOR_ID, int(step), particles, _check_dim(dim), device=device,
+                          dtype=dtype)
+
+
+def jitter_uniform(seed: int, step: int) -> float:
+    """A keyed ``U[0, 1)`` draw for the probe-radius jitter of ``step`` (``Phi`` of a keyed normal)."""
+    g = float(normal(int(seed), JITTER_TENSOR_ID, int(step), [0], 1, backend="numpy", dtype=torch.float64)[0, 0])
+    return min(0.5 * (1.0 + math.erf(g / math.sqrt(2.0))), 1.0 - 2.0 ** -53)
 
 
 def biased_rotations(rotations: torch.Tensor, directions: torch.Tensor) -> torch.Tensor:
@@ -183,7 +139,7 @@ def biased_rotations(rotations: torch.Tensor, directions: torch.Tensor) -> torch
 
 def rotated_vertices(template: torch.Tensor, rotations: torch.Tensor) -> torch.Tensor:
     """``R_i u_v`` for every particle and vertex: ``[V, d]`` x ``[P, d, d]`` -> ``[P, V, d]``."""
-    return torch.einsum("pij,vj->pvi", rotations, template.to(rotations.dtype))
+    return vertex_offsets(rotations, template.to(device=rotations.device, dtype=rotations.dtype))
 
 
 def probe_scales(num_probes: int, dtype=torch.float32, device=None) -> torch.Tensor:
@@ -213,6 +169,50 @@ def probe_points(centers: torch.Tensor, template: torch.Tensor, rotations: torch
     return centers[:, None, None, :] + probe_offsets(template, rotations, radius, num_probes)
 
 
+# -- legacy: zoopt/maxsat.py still draws its rotations from a torch.Generator; remove both once it
+# -- runs on ParticleStepper (nothing else may use them)
+def step_generator(seed: int, step: int, stream: int = 0, device=None) -> torch.Generator:
+    mixed = (int(seed) * 0x9E3779B97F4A7C15 + int(step) * 0xBF58476D1CE4E5B9 + int(stream) * 0x94D049BB133111EB)
+    mixed ^= mixed >> 31
+    g = torch.Generator(device=device if device is not None else "cpu")
+    g.manual_seed(mixed % (2 ** 63))
+    return g
+
+
+def _haar_from_gaussian(gauss: torch.Tensor) -> torch.Tensor:
+    """Map i.i.d. standard normal matrices ``[n, d, d]`` to Haar-distributed rotations in SO(d).
+
+    ``d = 1``: the identity (SO(1) is trivial). ``d = 2``: the rotation taking
+    ``e_0`` to the normalized first column (its angle is uniform). ``d > 2``:
+    ``Q`` of the QR decomposition times the signs of ``diag(R)`` (Haar on O(d),
+    sign(0) = +1), then column 0 negated where ``det = -1``.
+    """
+    if gauss.dim() != 3 or gauss.shape[1] != gauss.shape[2]:
+        raise ValueError(f"gauss must have shape [n, d, d], got {tuple(gauss.shape)}")
+    n, d = gauss.shape[0], gauss.shape[1]
+    if d == 1:
+        return torch.ones_like(gauss)
+    if d == 2:
+        col = gauss[:, :, 0]
+        norm = col.norm(dim=1, keepdim=True)
+        unit = torch.where(norm > 0, col / norm.clamp_min(torch.finfo(col.dtype).tiny), torch.tensor([1.0, 0.0], dtype=col.dtype, device=col.device))
+        c, s = unit[:, 0], unit[:, 1]
+        return torch.stack([torch.stack([c, -s], 1), torch.stack([s, c], 1)], 1)
+    q, r = torch.linalg.qr(gauss)
+    diag = torch.diagonal(r, dim1=-2, dim2=-1)
+    signs = torch.where(diag < 0, -torch.ones_like(diag), torch.ones_like(diag))
+    q = q * signs[:, None, :]
+    flip = torch.linalg.det(q) < 0
+    q[:, :, 0] = torch.where(flip[:, None], -q[:, :, 0], q[:, :, 0])
+    return q
+
+
+def haar_rotations(count: int, dim: int, *, generator: torch.Generator, dtype=torch.float32) -> torch.Tensor:
+    gauss = torch.randn(count, dim, dim, generator=generator, device=generator.device, dtype=torch.float32)
+    compute = torch.float64 if dtype == torch.float64 else torch.float32
+    return _haar_from_gaussian(gauss.to(compute)).to(dtype=dtype)
+
+
 __all__ = ["POLYTOPES", "orthoplex_vertices", "simplex_vertices", "cube_vertices", "polytope_vertices",
-           "num_vertices", "step_generator", "haar_from_gaussian", "haar_rotations", "biased_rotations",
-           "rotated_vertices", "probe_scales", "probe_offsets", "probe_points", "ROTATION_TENSOR_ID"]
+           "num_vertices", "step_rotations", "jitter_uniform", "biased_rotations", "rotated_vertices",
+           "probe_scales", "probe_offsets", "probe_points", "ROTATION_TENSOR_ID", "JITTER_TENSOR_ID"]

@@ -1,24 +1,48 @@
 """``zoopt.PolyStep``: train a torch module with PolyStep, one minibatch per ``step``.
 
-The trainable parameters are ``theta = theta_base + Pi z`` (hybrid random
-subspace, :mod:`zoopt.polystep.subspace`; ``rank=None`` is full space) and the
-coordinates ``z`` are the particles of :class:`~zoopt.polystep.particles.ParticleStepper`.
-``step((x, y), loss_fn)`` evaluates all ``P V K`` candidates on that batch
-with the structure-aware evaluator (:mod:`zoopt.polystep.evaluate`), moves
-the particles, writes ``theta`` into the model and returns the center's loss
-on the batch (computed before the move). Coast steps (``amortize > 1``)
-evaluate only the center.
+A facade over the engine's roles: the trainable parameters are
+``theta = theta_base + Pi z`` (hybrid random subspace,
+:mod:`zoopt.polystep.subspace`; ``rank=None`` is full space), the coordinates
+``z`` are searched by :class:`~zoopt.polystep.strategy.PolyStepES` (one tell),
+its block specs are scored by a :class:`~zoopt.problems.module.ModuleProblem`
+whose ``"block"`` evaluation is the staged evaluator
+(:mod:`zoopt.polystep.problem`), and an Evaluator (in process, or Ray actors)
+splits the members. ``step(batch, loss_fn)`` returns the center's loss on the
+batch before the move; coast steps (``amortize > 1``) evaluate only the center.
+
+Batches: ``(x, y)`` tensors travel by value; ``(epoch, k, batch_size)`` names
+rows of ``data=(x_train, y_train)`` as :func:`~zoopt.problems.module.epoch_order`
+orders them, so with Ray the model and the training split reach each actor
+once and a generation ships only keys, scalars and ``z``.
 """
 from __future__ import annotations
 
+import copy
+import numbers
+import pickle
+from dataclasses import replace
 from typing import Optional
 
 import torch
 from torch import nn
 
-from .evaluate import BlockEvaluator
-from .particles import ParticleStepper
-from .subspace import SPARSE_THRESHOLD_BYTES, HybridSubspace
+from zoopt.problems.module import BATCH_KEY, ModuleProblem
+from zoopt.workers import make_evaluator
+
+from .problem import BlockSetup, helpers
+from .strategy import PolyStepES
+from .subspace import SPARSE_THRESHOLD_BYTES
+
+
+def _no_data(generation):
+    raise ValueError("this PolyStep has no data=(x_train, y_train): pass each batch as (x, y) tensors")
+
+
+def _loss_key(loss_fn) -> Optional[bytes]:
+    try:
+        return pickle.dumps(loss_fn)
+    except Exception:
+        return None
 
 
 class PolyStep:
@@ -36,38 +60,51 @@ class PolyStep:
     ``structured=False`` forces the generic vmap evaluation; ``compile``
     (True, False or "auto": only for large candidate stacks) lets
     ``torch.compile`` fuse the stages after a perturbed affine stage.
+    Engine: ``evaluator`` (None or "local": in process; "ray": Ray actors,
+    configured by ``evaluator_options``; or an evaluator object), ``data``
+    ``(x_train, y_train)`` held by the problem so batches can be named by
+    ``(epoch, k, batch_size)``, ``data_seed`` the seed of their epoch order.
     """
 
     def __init__(self, model: nn.Module, *, rank: Optional[int] = 4, max_subspace_dim: Optional[int] = None,
                  subspace_seed: int = 0, particle_dim: Optional[int] = None, solver: Optional[str] = None,
                  epsilon=0.1, step_radius=1.0, probe_radius=2.0, absorb_interval: int = 0, seed: int = 0,
                  structured: bool = True, activation_bytes: Optional[int] = None,
-                 sparse_threshold_bytes: int = SPARSE_THRESHOLD_BYTES, compile="auto", **options):
+                 sparse_threshold_bytes: int = SPARSE_THRESHOLD_BYTES, compile="auto", evaluator=None,
+                 evaluator_options: Optional[dict] = None, data=None, data_seed: int = 0, **options):
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         if isinstance(absorb_interval, bool) or not isinstance(absorb_interval, int) or absorb_interval < 0:
             raise ValueError(f"absorb_interval must be an int >= 0, got {absorb_interval!r}")
         if rank is None and max_subspace_dim is not None:
             raise ValueError("max_subspace_dim needs a subspace (rank is None means full space)")
+        if data is not None and (not isinstance(data, (tuple, list)) or len(data) != 2):
+            raise TypeError("data must be None or a pair (x_train, y_train)")
+        self.evaluator = make_evaluator(evaluator, **(evaluator_options or {}))
         self.model = model
         params = [p for p in model.parameters() if p.requires_grad]
         if not params:
             raise ValueError("model has no trainable parameters")
         dtype = params[0].dtype
-        self.subspace = HybridSubspace.from_module(model, rank=rank, max_subspace_dim=max_subspace_dim,
-                                                   seed=subspace_seed, dtype=dtype,
-                                                   sparse_threshold_bytes=sparse_threshold_bytes)
         if particle_dim is None:
             particle_dim = 8 if rank is not None else 2
         if solver is None:
             solver = "softmax" if rank is not None else "sinkhorn"
-        self.stepper = ParticleStepper(self.subspace.dim, particle_dim=particle_dim, solver=solver, epsilon=epsilon,
-                                       step_radius=step_radius, probe_radius=probe_radius, seed=seed, dtype=dtype,
-                                       **options)
+        theta_base = torch.cat([p.detach().reshape(-1) for p in params]).clone()
+        setup = BlockSetup(base=theta_base, rank=rank, subspace_seed=subspace_seed, max_subspace_dim=max_subspace_dim,
+                           sparse_threshold_bytes=sparse_threshold_bytes, structured=structured,
+                           activation_bytes=activation_bytes, compile=compile)
+        self.problem = ModuleProblem(model, None, tuple(data) if data is not None else _no_data, seed=data_seed)
+        self.problem.block_setup = setup
+        self._helpers = helpers(self.problem, particle_dim)
+        self.strategy = PolyStepES(torch.zeros(self.subspace.dim), particle_dim=particle_dim, solver=solver,
+                                   epsilon=epsilon, step_radius=step_radius, probe_radius=probe_radius, seed=seed,
+                                   dtype=dtype, auto_coast=False, **options)
+        # ranges of whole particles when an evaluator splits the members
+        per = self.strategy.stepper.num_vertices * self.strategy.stepper.num_probes
+        self.problem.chunk = per * max(1, self.problem.chunk // per)
         self.absorb_interval = absorb_interval
-        self.evaluator = BlockEvaluator(model, self.subspace, particle_dim, structured=structured,
-                                        activation_bytes=activation_bytes, compile=compile)
-        self.theta_base = torch.cat([p.detach().reshape(-1) for p in params]).clone()
+        self._shipped_loss = None
         self.evaluations = 0  # candidate forward passes (the one center forward per step is not counted)
         self.last_stats: dict = {}
 
@@ -77,63 +114,139 @@ class PolyStep:
         return self.stepper.seed
 
     @property
+    def stepper(self):
+        """The particle state (:class:`~zoopt.polystep.particles.ParticleStepper`)."""
+        return self.strategy.stepper
+
+    @property
+    def subspace(self):
+        return self._helpers.subspace
+
+    @property
+    def block_evaluator(self):
+        """The staged candidate evaluator of this process (:class:`~zoopt.polystep.evaluate.BlockEvaluator`)."""
+        return self._helpers.evaluator
+
+    @property
+    def theta_base(self) -> torch.Tensor:
+        return self.problem.block_setup.base
+
+    @property
     def evaluations_per_step(self) -> int:
         """Candidates per evaluated step, ``P V K``."""
         return self.stepper.popsize
 
     def theta(self) -> torch.Tensor:
         """The current flat parameters ``theta_base + Pi z``."""
-        return self.theta_base + self.subspace.project(self.stepper.center.to(self.theta_base.dtype))
+        return self._helpers.theta_of(self.theta_base, self.stepper.center)
 
-    def _write(self, theta: torch.Tensor) -> None:
-        with torch.no_grad():
-            for layer in self.subspace.layers:
-                p = self.evaluator.params[layer.name]
-                p.copy_(theta[layer.param_start:layer.param_start + layer.numel].reshape(p.shape))
+    def _write(self) -> torch.Tensor:
+        self._helpers.z = None  # the model may have been changed by the caller: write theta again
+        return self._helpers.at_center(self.theta_base, self.stepper.center)
+
+    def _new_problem(self, **setup_changes) -> None:
+        """A changed problem object, so an evaluator that shipped the old one ships this one."""
+        problem = copy.copy(self.problem)
+        problem.cache = self.problem.cache  # same model, map and evaluator in this process
+        problem.block_setup = replace(self.problem.block_setup, **setup_changes)
+        self.problem = problem
 
     def absorb(self) -> None:
         """``theta_base <- theta_base + Pi z``, ``z <- 0`` (the model is unchanged)."""
-        self.theta_base = self.theta()
+        self._new_problem(base=self.theta())
         self.stepper.X = torch.zeros_like(self.stepper.X)
         self.stepper.reset_dynamics()
+
+    def _use_loss(self, loss_fn) -> None:
+        if loss_fn is self.problem.loss_fn:
+            return
+        if self.problem.loss_fn is None or getattr(self.evaluator, "name", None) == "local":
+            self.problem.loss_fn = loss_fn
+            return
+        key = _loss_key(loss_fn)  # a fresh but equal loss object need not be shipped again
+        if key is None or key != self._shipped_loss:
+            self._new_problem()
+        self.problem.loss_fn = loss_fn
+        self._shipped_loss = key
+
+    def _batch(self, batch):
+        """``spec.extras`` entry naming the batch: ``(x, y)`` by value or ``(epoch, k, batch_size)``."""
+        if isinstance(batch, (tuple, list)) and len(batch) == 3 and \
+                all(isinstance(v, numbers.Integral) and not isinstance(v, bool) for v in batch):
+            if self.problem.batches is _no_data:
+                raise ValueError("batch (epoch, k, batch_size) names rows of data=(x_train, y_train); "
+                                 "this PolyStep was built without data")
+            epoch, k, size = (int(v) for v in batch)
+            if epoch < 0 or k < 0 or size < 1:
+                raise ValueError(f"batch (epoch, k, batch_size) needs epoch, k >= 0 and batch_size >= 1, got {batch}")
+            return (epoch, k, size)
+        if not isinstance(batch, (tuple, list)) or len(batch) != 2:
+            raise TypeError("batch must be a pair (x, y) or a triple of ints (epoch, k, batch_size)")
+        return tuple(_own_storage(t) for t in batch)
 
     # -- the step --------------------------------------------------------------------------------
     @torch.no_grad()
     def step(self, batch, loss_fn) -> float:
-        """One PolyStep step on ``batch = (x, y)``; returns the center's loss on it before the move."""
-        if not isinstance(batch, (tuple, list)) or len(batch) != 2:
-            raise TypeError("batch must be a pair (x, y)")
-        x, y = batch
-        theta = self.theta()
-        self._write(theta)
+        """One PolyStep step on ``batch``; returns the center's loss on it before the move."""
+        named = self._batch(batch)
+        if self.problem.loss_fn is None:
+            self.problem.loss_fn = loss_fn
+            self._shipped_loss = _loss_key(loss_fn) if getattr(self.evaluator, "name", None) != "local" else None
+        self._use_loss(loss_fn)
+        self._write()
         if self.stepper.is_coast():
+            x, y = self.problem.batch_for(_Named(named))
             loss = float(loss_fn(self.model(x), y))
             self.stepper.coast()
             self.last_stats = {"step": self.stepper.step, "coast": True}
         else:
-            proposal = self.stepper.propose()
-            costs = self.evaluator.losses(x, y, loss_fn, proposal.offsets, theta)
+            spec = self.strategy.ask()
+            spec.extras[BATCH_KEY] = named
+            fitness = self.evaluator(self.problem, spec)
+            x, y = self.problem.batch_for(spec)
+            self._write()  # a local evaluation leaves theta in place; a remote one never touched it
             loss = float(loss_fn(self.model(x), y))
-            self.last_stats = self.stepper.update(proposal, costs)
-            self.evaluations += costs.numel()
+            self.strategy.tell(fitness)
+            self.last_stats = self.strategy.last_stats
+            self.evaluations += spec.popsize
         if self.absorb_interval and self.stepper.step % self.absorb_interval == 0:
             self.absorb()
-        self._write(self.theta())
+        self._write()
         return loss
+
+    def close(self) -> None:
+        """Release the evaluator's workers (Ray actors)."""
+        self.evaluator.close()
 
     # -- checkpoints -----------------------------------------------------------------------------
     def state_dict(self) -> dict:
         """Everything the next step depends on (the subspace map is rebuilt from its seed)."""
-        return {"name": "polystep", "stepper": self.stepper.state_dict(), "theta_base": self.theta_base.clone(),
+        return {"name": "polystep", "strategy": self.strategy.state_dict(), "theta_base": self.theta_base.clone(),
                 "evaluations": self.evaluations, "subspace_dim": self.subspace.dim}
 
     def load_state_dict(self, state: dict) -> None:
-        if state.get("name") != "polystep" or state.get("subspace_dim") != self.subspace.dim:
+        if state.get("name") != "polystep" or state.get("subspace_dim") != self.subspace.dim or \
+                "strategy" not in state:
             raise ValueError("state_dict is not from a PolyStep optimizer with this model and subspace")
-        self.stepper.load_state_dict(state["stepper"])
-        self.theta_base = state["theta_base"].clone()
+        self.strategy.load_state_dict(state["strategy"])
+        self._new_problem(base=state["theta_base"].clone())
         self.evaluations = int(state["evaluations"])
-        self._write(self.theta())
+        self._write()
+
+
+def _own_storage(t):
+    """A tensor that pickles as itself: a view of a bigger tensor (``x[:80]``) would ship the whole storage."""
+    if isinstance(t, torch.Tensor) and t.untyped_storage().nbytes() > t.numel() * t.element_size():
+        return t.clone()
+    return t
+
+
+class _Named:
+    """A stand-in spec naming a batch, for the center's loss on coast steps."""
+
+    def __init__(self, named):
+        self.extras = {BATCH_KEY: named}
+        self.generation = 0
 
 
 __all__ = ["PolyStep"]

@@ -10,8 +10,9 @@ One evaluated step at global counter ``t`` (polystep.md §2.3):
 ``offsets[i, v, k]``), and ``update(costs)`` turns the cost matrix into a plan
 and moves every block to its barycenter. Steps with ``t mod A != 0`` (amortize
 ``A``) are coast steps: ``X += (1 - (t mod A)/A) * dbar`` and no evaluation.
-Randomness is a pure function of ``(seed, t)``, so the state dict resumes a run
-bit for bit.
+Randomness is a pure function of ``(seed, t, particle)`` through the keyed
+counter generator (:func:`step_geometry`), so the state dict resumes a run bit
+for bit and a worker holding only those keys regenerates any particle's probes.
 """
 from __future__ import annotations
 
@@ -21,7 +22,8 @@ from typing import Optional, Tuple, Union
 
 import torch
 
-from .geometry import biased_rotations, haar_rotations, num_vertices, polytope_vertices, probe_offsets, step_generator
+from .geometry import (biased_rotations, jitter_uniform, num_vertices, polytope_vertices, probe_offsets,
+                       step_rotations)
 from .plans import barycentric_step, sanitize_costs, sinkhorn_plan, softmax_plan
 from .schedules import Schedule, ScheduleLike, StepValues, as_schedule, check_radius, step_values
 
@@ -48,6 +50,20 @@ class Proposal:
     def shape(self) -> Tuple[int, int, int]:
         p, v, k, _ = self.offsets.shape
         return p, v, k
+
+
+def step_geometry(seed: int, step: int, particles: torch.Tensor, template: torch.Tensor, rho: float,
+                  num_probes: int, bias: Optional[torch.Tensor] = None, dtype=torch.float32):
+    """``(rotations [n, d, d], offsets [n, V, K, d])`` of ``particles [n]`` at ``step``.
+
+    A pure function of its arguments: the keyed rotations of those particles,
+    turned onto ``bias[particles]`` (the previous move, biased rotation) when
+    given, and the probe offsets ``rho s_k R_i u_v``.
+    """
+    rot = step_rotations(seed, step, particles, template.shape[1], dtype=dtype)
+    if bias is not None:
+        rot = biased_rotations(rot, bias[particles].to(dtype))
+    return rot, probe_offsets(template.to(dtype), rot, rho, num_probes)
 
 
 class ParticleStepper:
@@ -137,17 +153,18 @@ class ParticleStepper:
         return b0 + min(1.0, t / max(1, self.momentum_warmup - 1)) * (b1 - b0)
 
     def propose(self) -> Proposal:
-        """Rotations and probe offsets of the current step (a pure function of ``(seed, step)``)."""
+        """Rotations and probe offsets of the current step (:func:`step_geometry` of every particle)."""
         if self.is_coast():
             raise RuntimeError(f"step {self.step} is a coast step (amortize={self.amortize}); call coast()")
-        values = step_values(self.step, self.epsilon, self.step_radius, self.probe_radius, self.probe_jitter,
-                             step_generator(self.seed, self.step, stream=1))
-        rot = haar_rotations(self.num_particles, self.particle_dim, generator=step_generator(self.seed, self.step),
-                             dtype=self.dtype)
-        if self.biased_rotation:
-            rot = biased_rotations(rot, self.last_delta)
-        offsets = probe_offsets(self.template, rot, values.rho, self.num_probes)
+        u = jitter_uniform(self.seed, self.step) if self.probe_jitter else 0.5
+        values = step_values(self.step, self.epsilon, self.step_radius, self.probe_radius, self.probe_jitter, u)
+        rot, offsets = step_geometry(self.seed, self.step, torch.arange(self.num_particles), self.template, values.rho,
+                                     self.num_probes, self.bias_directions(), self.dtype)
         return Proposal(self.step, values, rot, offsets)
+
+    def bias_directions(self) -> Optional[torch.Tensor]:
+        """The directions the next rotations are turned onto (the previous move), or None without bias."""
+        return self.last_delta if self.biased_rotation else None
 
     # -- updates ---------------------------------------------------------------------------------
     def plan(self, costs: torch.Tensor, eps: float) -> torch.Tensor:

@@ -13,8 +13,6 @@ from __future__ import annotations
 import math
 from typing import Optional, Union
 
-import torch
-
 
 def _finite(name: str, value) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
@@ -110,12 +108,11 @@ def resolve_radius(radius: ScheduleLike, eps_t: float, t: int, multiplier: float
     return base * multiplier
 
 
-def jitter(radius: float, eta_max: float, generator: Optional[torch.Generator]) -> float:
-    """``radius * (1 + eta)`` with ``eta ~ U[-eta_max, eta_max]`` (unchanged when ``eta_max == 0``)."""
+def jitter(radius: float, eta_max: float, u: float) -> float:
+    """``radius * (1 + eta)`` with ``eta = eta_max (2 u - 1)`` for a uniform draw ``u`` in [0, 1)."""
     if eta_max == 0:
         return radius
-    u = float(torch.rand((), generator=generator, dtype=torch.float64))
-    return radius * (1.0 + eta_max * (2.0 * u - 1.0))
+    return radius * (1.0 + eta_max * (2.0 * float(u) - 1.0))
 
 
 class StepValues:
@@ -128,12 +125,12 @@ class StepValues:
 
 
 def step_values(t: int, epsilon: Schedule, step_radius: ScheduleLike, probe_radius: ScheduleLike,
-                jitter_max: float = 0.0, generator: Optional[torch.Generator] = None) -> StepValues:
+                jitter_max: float = 0.0, u: float = 0.5) -> StepValues:
     eps = epsilon.at(t)
     if not eps > 0:
         raise ValueError(f"epsilon schedule gave {eps} at step {t}; it must stay > 0")
     alpha = resolve_radius(step_radius, eps, t)
-    rho = jitter(resolve_radius(probe_radius, eps, t), jitter_max, generator)
+    rho = jitter(resolve_radius(probe_radius, eps, t), jitter_max, u)
     return StepValues(eps, alpha, rho)
 
 
