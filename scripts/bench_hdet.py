@@ -34,6 +34,18 @@ Benchmark design (fixed on the TUNING seed 0, reported on other seeds, default -
     python scripts/bench_hdet.py --skip overhead    # the sweep only
     python scripts/bench_hdet.py --full             # longer runs, bigger model
 Writes runs/bench_hdet/results.json and bench_hdet_seed<N>.png.
+
+(3) Does the signal help? (``--study signal``, issue 18): 8 simulated replicas, 300 steps with
+    T = 5, so the controller (from its default start, the end of OneCycle's rise at step 90) makes
+    42 syncs; 5 seeds (1-5; none used for tuning). Per seed: plain data-parallel OneCycleLR at the
+    peaks --signal-lrs (same compute: 8 micro-batches averaged per step), and at each of
+    --signal-hdet-lrs HDET with its defaults (α = 1/9, σ = 0.1, β = 0.9, λ = 0.5, floor 0.22 of
+    the start) next to "no signal" (the same spread, averaging and schedule, uniform weights:
+    Δ = 0). Reports mean ± 95% t-interval over seeds of the final validation loss and of the paired
+    differences HDET − no signal and HDET − best plain (the best peak of each seed, and the peak
+    best on average).
+
+    nohup python scripts/bench_hdet.py --study signal --out runs/hdet_signal > runs/hdet_signal.log &
 """
 from __future__ import annotations
 
@@ -117,6 +129,17 @@ def parse(argv=None):
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", default="runs/bench_hdet")
     ap.add_argument("--full", action="store_true")
+    ap.add_argument("--study", choices=["bench", "signal"], default="bench",
+                    help="bench: sweep + overhead above; signal: does the zero-order signal help (3)")
+    ap.add_argument("--signal-seeds", type=int, nargs="+", default=[1, 2, 3, 4, 5])
+    ap.add_argument("--signal-lrs", type=float, nargs="+", default=[0.01, 0.02, 0.04, 0.08],
+                    help="plain OneCycle peaks of the signal study")
+    ap.add_argument("--signal-hdet-lrs", type=float, nargs="+", default=[0.04, 0.08],
+                    help="peaks at which HDET and 'no signal' run in the signal study")
+    ap.add_argument("--signal-replicas", type=int, default=8)
+    ap.add_argument("--signal-steps", type=int, default=300)
+    ap.add_argument("--signal-sync-every", type=int, default=5)
+    ap.add_argument("--signal-batch", type=int, default=4, help="sequences per replica per step")
     args = ap.parse_args(argv)
     if args.full:
         args.steps, args.batch, args.context, args.d_model, args.layers = 3000, 32, 128, 256, 4
@@ -156,7 +179,7 @@ def run_plain(args, data, peak):
 def run_hdet(args, data, peak, **override):
     train, val = data
     model, opt = build(args)
-    floor = None if args.schedule_after_start == "onecycle" else peak * args.floor
+    floor = None if args.schedule_after_start == "onecycle" or args.floor is None else peak * args.floor
     options = {"spread": args.spread, "auto_lr": True, "temperature": args.temperature, **override}
     sim = HDETSimulation(model, opt, args.replicas, max_lr=peak, total_steps=args.steps, spread=options["spread"],
                          auto_lr=options["auto_lr"],
@@ -308,6 +331,96 @@ def overhead(args, out):
     return result
 
 
+# ----------------------------------------------------------------------------- (3) signal study
+def t_interval(values):
+    """Mean and half-width of the two-sided 95% Student-t interval."""
+    from scipy.stats import t as student_t
+
+    n = len(values)
+    mean = statistics.mean(values)
+    if n < 2:
+        return mean, float("nan")
+    return mean, float(student_t.ppf(0.975, n - 1)) * statistics.stdev(values) / math.sqrt(n)
+
+
+def signal_study(args, out):
+    """Final validation loss of plain OneCycle peaks, HDET and HDET without signal, per seed."""
+    from zoopt.atomic import write_json
+
+    data = lm.split(lm.stdlib_corpus())
+    unigram = lm.unigram_entropy(data[0])
+    study = argparse.Namespace(**vars(args))
+    study.steps, study.replicas, study.batch = args.signal_steps, args.signal_replicas, args.signal_batch
+    study.sync_every, study.auto_lr_start, study.floor = args.signal_sync_every, None, None   # HDET defaults
+    study.schedule_after_start = "controller"
+    jobs = [("plain", p, {}) for p in args.signal_lrs]
+    for p in args.signal_hdet_lrs:
+        jobs += [("hdet", p, {}), ("no-signal", p, {"temperature": 1e12})]
+    results = {"args": vars(args), "unigram_entropy": unigram, "runs": []}
+    for seed in args.signal_seeds:
+        study.seed = seed
+        for kind, peak, override in jobs:
+            t0 = time.perf_counter()
+            if kind == "plain":
+                model, curve, _ = run_plain(study, data, peak)
+                base, syncs = None, []
+            else:
+                model, curve, base, syncs = run_hdet(study, data, peak, **override)
+            val = lm.evaluate(model, data[1], study.context, batches=16)
+            diverged = (not math.isfinite(val)) or val >= unigram or len(curve) < study.steps
+            run = {"seed": seed, "kind": kind, "peak_lr": peak, "final_val": val, "diverged": diverged,
+                   "controller_syncs": len(syncs), "final_base_lr": base[-1] if base else None,
+                   "seconds": time.perf_counter() - t0}
+            results["runs"].append(run)
+            print(json.dumps(run), flush=True)
+            write_json(str(out / "results.json"), results)           # kept as each run ends
+    results["summary"] = summarise_signal(results["runs"], args)
+    write_json(str(out / "results.json"), results)
+    print(signal_table(results["summary"]), flush=True)
+    return results
+
+
+def summarise_signal(runs, args):
+    seeds = sorted({r["seed"] for r in runs})
+    val = {(r["kind"], r["peak_lr"], r["seed"]): (r["final_val"] if not r["diverged"] else float("inf"))
+           for r in runs}
+
+    def arm(kind, peak):
+        return [val[(kind, peak, s)] for s in seeds]
+
+    summary = {"seeds": seeds, "arms": {}, "differences": {}}
+    for kind, peaks in (("plain", args.signal_lrs), ("hdet", args.signal_hdet_lrs),
+                        ("no-signal", args.signal_hdet_lrs)):
+        for p in peaks:
+            summary["arms"][f"{kind} {p:g}"] = t_interval(arm(kind, p))
+    best_seed = [min(val[("plain", p, s)] for p in args.signal_lrs) for s in seeds]
+    best_avg = min(args.signal_lrs, key=lambda p: statistics.mean(arm("plain", p)))
+    summary["best_plain_peak_on_average"] = best_avg
+    summary["arms"]["plain, best peak of each seed"] = t_interval(best_seed)
+    for p in args.signal_hdet_lrs:
+        hdet, none = arm("hdet", p), arm("no-signal", p)
+        pairs = {f"hdet {p:g} - no-signal {p:g}": [a - b for a, b in zip(hdet, none)],
+                 f"hdet {p:g} - best plain of each seed": [a - b for a, b in zip(hdet, best_seed)],
+                 f"hdet {p:g} - plain {best_avg:g} (best on average)": [
+                     a - b for a, b in zip(hdet, arm("plain", best_avg))],
+                 f"no-signal {p:g} - best plain of each seed": [a - b for a, b in zip(none, best_seed)]}
+        for name, diffs in pairs.items():
+            summary["differences"][name] = t_interval(diffs) + (diffs,)
+        bases = {k: [r["final_base_lr"] for r in runs if r["kind"] == k and r["peak_lr"] == p]
+                 for k in ("hdet", "no-signal")}
+        summary[f"final base LR / peak at {p:g}"] = {k: [b / p for b in v] for k, v in bases.items()}
+    return summary
+
+
+def signal_table(summary):
+    lines = ["| final validation loss (nats/byte) | mean ± 95% CI |", "|---|---|"]
+    lines += [f"| {k} | {m:.4f} ± {h:.4f} |" for k, (m, h) in summary["arms"].items()]
+    lines += ["", "| paired difference | mean ± 95% CI | per seed |", "|---|---|---|"]
+    lines += [f"| {k} | {m:+.4f} ± {h:.4f} | {' '.join(f'{d:+.3f}' for d in ds)} |"
+              for k, (m, h, ds) in summary["differences"].items()]
+    return "\n".join(lines)
+
+
 def plot(runs, out, name="bench_hdet.png"):
     import matplotlib
     matplotlib.use("Agg")
@@ -345,6 +458,9 @@ def main(argv=None):
     torch.set_num_threads(args.threads)
     out = pathlib.Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    if args.study == "signal":
+        signal_study(args, out)
+        return
     results = {"args": vars(args), "note": "timings taken on a shared 2-core machine under contention"}
     results["tuning_seed"] = TUNING_SEED
     results["tuning_log"] = TUNING_LOG
