@@ -129,8 +129,8 @@ def test_member_slices_regenerate_identical_noise_and_fitness():
     a_all, b_all = lowrank_factors(9, tid, 0, torch.arange(6), 9, 4, 2)
     a_sl, b_sl = lowrank_factors(9, tid, 0, torch.tensor([2, 3]), 9, 4, 2)
     assert torch.equal(a_all[2:4], a_sl) and torch.equal(b_all[2:4], b_sl)
-    chunked = EGGROLL(mlp(), popsize=12, rank=2, sigma=0.2, seed=9, chunk=4)
-    assert torch.equal(chunked.evaluate((x, y), loss), full)
+    chunked = EGGROLL(mlp(), popsize=12, rank=2, sigma=0.2, seed=9, chunk=4)  # other forwards: rounding only
+    assert torch.allclose(chunked.evaluate((x, y), loss), full, atol=1e-6)
 
 
 def test_noise_changes_with_generation_and_reuse():

@@ -44,6 +44,11 @@ def _no_data(generation):
     raise ValueError("this EGGROLL has no data=(x_train, y_train): pass the batch as (x, y) tensors")
 
 
+def default_chunk(popsize: int) -> int:
+    """Members per population forward: ``popsize // 8``, even, within [2, 64]."""
+    return min(64, max(2, popsize // 8 // 2 * 2))
+
+
 def _named(batch) -> bool:
     """True for a batch named ``(epoch, k, batch_size)``."""
     return (isinstance(batch, (tuple, list)) and len(batch) == 3
@@ -74,7 +79,9 @@ class EGGROLL:
     ``strict`` (default True) raises when a trainable parameter cannot be
     perturbed, False warns and leaves it frozen; ``sigma_decay`` /
     ``sigma_schedule(step)`` and ``lr_schedule(step) -> factor`` (a LambdaLR);
-    ``chunk`` members per forward (memory bound; None: a slice at once).
+    ``chunk`` members per forward (default ``popsize // 8``, even, in [2, 64]): evaluators
+    split the members at multiples of it, so every member's loss comes from the same
+    forward whichever evaluator (or how many Ray actors) ran it: bit-identical runs.
     ``evaluator``: None / "local" | "ray" | an evaluator object, built with
     ``evaluator_options``; ``data``/``data_seed``: the training split that
     batches named ``(epoch, k, batch_size)`` index.
@@ -119,11 +126,11 @@ class EGGROLL:
             nonfinite=nonfinite, noise_chunk=noise_chunk, optimizer_kwargs=optimizer_kwargs)
         self.scheduler = (torch.optim.lr_scheduler.LambdaLR(self.strategy.optimizer, lr_schedule)
                           if lr_schedule is not None else None)
-        self.chunk = chunk
+        self.chunk = chunk or default_chunk(popsize)
         self.data = data
-        self.problem = ModuleProblem(model, None, data if data is not None else _no_data, chunk=chunk or 2,
+        self.problem = ModuleProblem(model, None, data if data is not None else _no_data, chunk=self.chunk,
                                      seed=data_seed)
-        self.problem.population_chunk = chunk
+        self.problem.population_chunk = self.chunk
         self.evaluator = make_evaluator(evaluator, **(evaluator_options or {}))
         self.last_fitness = None
 
