@@ -94,6 +94,9 @@ def _as_real(out, what: str) -> torch.Tensor:
         return out.detach().cpu().to(torch.float32)
     try:
         arr = np.asarray(out)
+        # numpy would parse numeric strings ("1.0") into floats: a string is never a fitness
+        if arr.dtype.kind in "USV" or (arr.dtype.kind == "O" and any(isinstance(v, (str, bytes)) for v in arr.flat)):
+            raise ValueError("strings are not fitness values")
         if not np.iscomplexobj(arr):
             arr = arr.astype(np.float64)
     except (TypeError, ValueError) as exc:

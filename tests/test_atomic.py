@@ -64,11 +64,13 @@ def test_load_torch_names_file_and_problem(tmp_path):
     atomic.save_torch({"x": torch.ones(4)}, good)
     assert torch.equal(atomic.load_torch(good)["x"], torch.ones(4))
     blob = good.read_bytes()
-    cases = {"empty.pt": b"", "garbage.pt": b"not a checkpoint at all" * 8, "trunc.pt": blob[: len(blob) // 2]}
-    for name, data in cases.items():
+    cases = {"empty.pt": (b"", "empty file"), "garbage.pt": (b"not a checkpoint at all" * 8, "corrupt"),
+             "trunc.pt": (blob[: len(blob) // 2], "corrupt or truncated")}
+    for name, (data, problem) in cases.items():
         (tmp_path / name).write_bytes(data)
         with pytest.raises(atomic.CheckpointError, match=name) as info:
             atomic.load_torch(tmp_path / name)
+        assert problem in str(info.value) and "allow_pickle" not in str(info.value)
         assert "\n" not in str(info.value)
     with pytest.raises(FileNotFoundError, match="missing.pt"):
         atomic.load_torch(tmp_path / "missing.pt")

@@ -103,3 +103,141 @@ def test_batches_are_deterministic_and_cover_an_epoch():
     assert sorted(torch.cat([b(0)[1], b(1)[1]]).tolist()) == list(range(10))
     with pytest.raises(ValueError, match="same length"):
         Batches(x, y[:3])
+
+
+# -- issue 16 §5: checkpoints are durable and load without running code -----------------------
+@pytest.mark.parametrize("method", ["openai_es", "cma_es", "sep_cma_es", "random", "spsa"])
+def test_checkpoints_load_weights_only(tmp_path, method):
+    ckpt = str(tmp_path / "c.pt")
+    zoopt.minimize(lambda x: (x ** 2).sum(1), np.ones(5), method=method, budget=64, seed=0, checkpoint=ckpt)
+    state = torch.load(ckpt, weights_only=True)
+    assert state["nfev"] >= 64 and state["dim"] == 5 and state["method"] == method.replace("sep_", "")
+
+
+class _Marker:
+    """Unpickling it creates a file: stands for code an attacker would run."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+def test_cma_resume_never_unpickles_what_the_file_holds(tmp_path):
+    import pickle
+
+    ckpt, marker = str(tmp_path / "c.pt"), tmp_path / "pwned"
+    kw = dict(method="cma_es", seed=1, popsize=8, checkpoint=ckpt)
+    zoopt.minimize(rosen, np.zeros(4), budget=32, **kw)
+    state = torch.load(ckpt, weights_only=True)
+    state["strategy"]["es"] = pickle.dumps(_Marker(str(marker)))  # the old format's pickled pycma object
+    torch.save(state, ckpt)
+    zoopt.minimize(rosen, np.zeros(4), budget=64, resume=True, **kw)
+    assert not marker.exists()
+
+
+class _NumpyStateSearch(zoopt.RandomSearch):
+    name = "random"
+
+    def _state(self):
+        return {**super()._state(), "extra": np.arange(3)}  # numpy: needs pickle
+
+
+def test_pickle_state_needs_the_explicit_opt_in(tmp_path):
+    ckpt = str(tmp_path / "c.pt")
+    calls = []
+    problem = VectorProblem(lambda x: calls.append(1) or rosen(x), 3)
+    with pytest.raises(TypeError, match="allow_pickle=True"):
+        zoopt.run(_NumpyStateSearch(np.zeros(3), popsize=4), problem, budget=8, checkpoint=ckpt)
+    assert calls == []  # refused before the first evaluation
+    zoopt.run(_NumpyStateSearch(np.zeros(3), popsize=4), problem, budget=8, checkpoint=ckpt, allow_pickle=True)
+    with pytest.raises(TypeError, match="allow_pickle=True"):
+        zoopt.run(_NumpyStateSearch(np.zeros(3), popsize=4), problem, budget=16, checkpoint=ckpt, resume=True)
+    with pytest.raises(zoopt.atomic.CheckpointError, match="allow_pickle=True"):  # the file needs pickle
+        zoopt.run(zoopt.RandomSearch(np.zeros(3), popsize=4), problem, budget=16, checkpoint=ckpt, resume=True)
+    r = zoopt.run(_NumpyStateSearch(np.zeros(3), popsize=4), problem, budget=16, checkpoint=ckpt, resume=True,
+                  allow_pickle=True)
+    assert r.nfev == 16 and len(r.history) == 4
+
+
+def test_checkpoints_are_fsynced(tmp_path, monkeypatch):
+    synced = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: synced.append(fd) or real_fsync(fd))
+    zoopt.minimize(rosen, np.zeros(3), budget=32, popsize=8, checkpoint=str(tmp_path / "c.pt"))
+    assert len(synced) >= 2  # the file, then its folder
+
+
+def test_resume_keeps_the_metrics_file(tmp_path):
+    ckpt, metrics = str(tmp_path / "c.pt"), str(tmp_path / "m.jsonl")
+    kw = dict(method="openai_es", popsize=8, seed=2, checkpoint=ckpt, checkpoint_every=2, metrics=metrics)
+    full_metrics = str(tmp_path / "full.jsonl")
+    zoopt.minimize(rosen, np.zeros(3), budget=80, method="openai_es", popsize=8, seed=2, metrics=full_metrics)
+    # killed during generation 5's callback: the checkpoint holds generation 4, the metrics 5 records
+
+    def crash(strategy, stats):
+        if stats["nfev"] == 40:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        zoopt.minimize(rosen, np.zeros(3), budget=80, callback=crash, **kw)
+    assert len(open(metrics).readlines()) == 5 and torch.load(ckpt)["nfev"] == 32
+    zoopt.minimize(rosen, np.zeros(3), budget=80, resume=True, **kw)
+    assert open(metrics).read() == open(full_metrics).read()
+    from zoopt.metrics import JsonlLogger
+
+    JsonlLogger(metrics, append=True).log({"generation": 11})
+    assert len(open(metrics).readlines()) == 11  # reopening to append keeps the run's records
+
+
+# -- issue 19: the conventions of scipy, pycma and torch -----------------------------------------
+def test_result_keeps_x0_dtype():
+    assert zoopt.minimize(rosen, np.zeros(3), budget=32, popsize=8).x.dtype == np.float64
+    assert zoopt.minimize(rosen, [0, 0, 0], budget=32, popsize=8).x.dtype == np.float64
+    r = zoopt.minimize(rosen, np.zeros(3, dtype=np.float32), budget=32, popsize=8)
+    assert r.x.dtype == np.float32 and r.center.dtype == np.float32
+    assert zoopt.minimize(rosen, torch.zeros(3, dtype=torch.float64), budget=32, popsize=8).x.dtype == np.float64
+
+
+def test_success_status_message():
+    def sphere(x):
+        return (x ** 2).sum(1)
+
+    conv = zoopt.minimize(sphere, np.full(5, 1.0), method="cma_es", budget=100_000, seed=0)
+    assert conv.success and conv.status == 0 and conv.nfev < 100_000
+    assert "tolfun" in conv.message or "tolx" in conv.message
+    spent = zoopt.minimize(sphere, np.full(5, 1.0), method="cma_es", budget=40, seed=0)
+    assert not spent.success and spent.status == 1 and "budget" in spent.message
+    cb = zoopt.minimize(sphere, np.ones(5), budget=400, popsize=8, callback=lambda s, st: False)
+    assert not cb.success and cb.status == 2 and cb.nfev == 8 and "callback" in cb.message
+
+
+@pytest.mark.parametrize("method", ["cma_es", "openai_es"])
+def test_bounds_clip_what_fn_sees_and_the_result(method):
+    lower, upper = np.array([-1.0, -1.0, 0.5]), 1.0
+    seen = []
+
+    def shifted(x):
+        seen.append(x.copy())
+        return ((x - 2.0) ** 2).sum(1)
+
+    r = zoopt.minimize(shifted, np.array([0.0, 0.0, 0.75]), method=method, budget=2000, seed=0,
+                       bounds=(lower, upper))
+    allx = np.concatenate(seen)
+    assert (allx >= lower - 1e-7).all() and (allx <= upper + 1e-7).all()
+    assert np.allclose(r.x, 1.0, atol=1e-2) and (r.x <= upper).all()
+    assert r.fun == pytest.approx(3.0, abs=0.05)
+
+
+def test_scalar_function_with_vectorized_false():
+    calls = []
+
+    def scalar(x):
+        calls.append(x.shape)
+        return float(((x - 1.0) ** 2).sum())
+
+    r = zoopt.minimize(scalar, np.zeros(4), method="cma_es", budget=400, seed=0, vectorized=False)
+    assert calls == [(4,)] * r.nfev and r.fun < 0.1
+    with pytest.raises(ValueError, match="vectorized=False"):
+        zoopt.minimize(scalar, np.zeros(4), budget=16)  # the hint when a scalar fn meets a batch

@@ -169,3 +169,24 @@ def test_pycma_style_ask_tell_with_arrays():
     assert X.shape == (6, 4)
     es.tell([float(v) for v in (X ** 2).sum(1)])
     assert es.generation == 1 and es.mean.shape == (4,)
+
+
+# -- issue 19: the default method and honest stop conditions --------------------------------------
+def test_default_method_by_dimension():
+    from zoopt.run import default_method
+
+    assert [default_method(d) for d in (1, 20, 100, 101, 100_000, 100_001)] == \
+        ["cma_es", "cma_es", "cma_es", "sep_cma_es", "sep_cma_es", "openai_es"]
+
+
+def test_default_method_solves_sphere_20_and_stops_itself():
+    # the old default (OpenAI-ES, fixed sigma) stalled at 0.049 here
+    r = zoopt.minimize(sphere, np.full(20, 3.0), budget=20_000, seed=0)
+    assert r.strategy.name == "cma_es"
+    assert r.fun < 1e-8 and r.success and r.nfev < 20_000
+
+
+def test_cma_uses_pycma_stop_defaults():
+    es = zoopt.CMAES(np.zeros(3))
+    assert float(es.es.opts["tolfun"]) == 1e-11 and float(es.es.opts["tolx"]) == 1e-11
+    assert float(zoopt.CMAES(np.zeros(3), options={"tolfun": 1e-3}).es.opts["tolfun"]) == 1e-3

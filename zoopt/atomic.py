@@ -129,6 +129,7 @@ def load_torch(path: str, *, allow_pickle: bool = False, map_location="cpu"):
     FileNotFoundError.
     """
     import pickle
+    import zipfile
 
     import torch
 
@@ -140,11 +141,12 @@ def load_torch(path: str, *, allow_pickle: bool = False, map_location="cpu"):
     try:
         return torch.load(path, map_location=map_location, weights_only=not allow_pickle)
     except pickle.UnpicklingError as exc:
-        if not allow_pickle and "Weights only load failed" in str(exc):
+        # torch.save writes a zip archive; anything else the weights-only unpickler refuses is garbage
+        if not allow_pickle and "Weights only load failed" in str(exc) and zipfile.is_zipfile(path):
             raise CheckpointError(f"{path}: holds Python objects that a weights-only load refuses "
                                   f"(it would execute code); if you trust the file, pass "
                                   f"allow_pickle=True") from None
-        raise CheckpointError(f"{path}: not a torch checkpoint ({_first_line(exc)})") from None
+        raise CheckpointError(f"{path}: corrupt or not a torch checkpoint ({_first_line(exc)})") from None
     except PermissionError:
         raise
     except Exception as exc:  # torch raises KeyError/RuntimeError/EOFError/... on garbage and truncation

@@ -8,6 +8,7 @@ import time
 
 import torch
 
+from zoopt import atomic
 from zoopt.metrics import JsonlLogger
 from zoopt.openai_es import OpenAIES
 from zoopt.plot import plot_metrics
@@ -64,5 +65,5 @@ def run_demo(out: str = "runs/demo", generations: int = 300, popsize: int = 128,
     summary["plot"] = plot_metrics(metrics_path, os.path.join(out, "learning_curve.png"),
                                    x="generation", keys=["train_loss", "val_acc", "test_acc"],
                                    title="zoopt demo: step-activation MLP on digits, OpenAI-ES")
-    torch.save(model.state_dict(), os.path.join(out, "model.pt"))
+    atomic.save_torch(model.state_dict(), os.path.join(out, "model.pt"))
     return summary

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 
+from zoopt import atomic
 from zoopt.metrics import read_jsonl
 
 
@@ -18,6 +19,8 @@ def plot_metrics(path: str, out: str | None = None, x: str | None = None, keys=N
     if not rows:
         raise ValueError(f"{path} holds no records")
     columns = {k for r in rows for k, v in r.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    if x is not None and x not in columns:
+        raise ValueError(f"{path}: no numeric column {x!r} for the x-axis; columns: {sorted(columns)}")
     if x is None:
         x = next((c for c in ("generation", "step", "epoch", "nfev") if c in columns), None)
     keys = [k for k in (keys or sorted(columns)) if k != x and k in columns]
@@ -33,6 +36,7 @@ def plot_metrics(path: str, out: str | None = None, x: str | None = None, keys=N
     fig.suptitle(title or os.path.basename(os.path.dirname(os.path.abspath(path))))
     fig.tight_layout()
     out = out or os.path.splitext(path)[0] + ".png"
-    fig.savefig(out, dpi=110)
+    with atomic.atomic_open(out, "wb") as fh:
+        fig.savefig(fh, format="png", dpi=110)
     plt.close(fig)
     return out

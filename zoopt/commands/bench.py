@@ -27,11 +27,11 @@ def register(sub) -> None:
 def main(args) -> int:
     names = available()
     if not names:
-        raise SystemExit("zoopt bench: the benchmark scripts live in the source checkout's scripts/ folder, "
+        raise FileNotFoundError("the benchmark scripts live in the source checkout's scripts/ folder, "
                          "which this installation does not have; clone the repository and install it with pip -e")
     if not args.name:
         print("benchmarks:", " ".join(names))
         return 0
     if args.name not in names:
-        raise SystemExit(f"zoopt bench: unknown benchmark {args.name!r}; choose one of {names}")
+        raise ValueError(f"unknown benchmark {args.name!r}; choose one of {names}")
     return subprocess.call([sys.executable, os.path.join(scripts_dir(), f"bench_{args.name}.py"), *args.args])

@@ -13,9 +13,11 @@ def register(sub) -> None:
 def main(args) -> int:
     from zoopt.plot import plot_metrics
 
+    if not os.path.exists(args.path):
+        raise FileNotFoundError(f"{args.path}: no such file or folder")
     files = sorted(glob.glob(os.path.join(args.path, "*.jsonl"))) if os.path.isdir(args.path) else [args.path]
-    if not files or not all(os.path.isfile(f) for f in files):
-        raise SystemExit(f"zoopt plot: no metrics (.jsonl) found at {args.path}")
+    if not files:
+        raise FileNotFoundError(f"{args.path}: no metrics (.jsonl) files in this folder")
     for f in files:
         print(plot_metrics(f, x=args.x))
     return 0
