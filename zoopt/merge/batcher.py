@@ -1,7 +1,8 @@
 """A queue that batches concurrent evaluation requests into one forward.
 
 Requests wait at most ``window_s`` for company; up to ``slots`` run together.
-The model runs in a worker thread so the event loop keeps serving (health,
+Each request brings a function that builds its merged factors; the merges and
+the model run in a worker thread so the event loop keeps serving (health,
 validation errors, other sessions) while a batch computes.
 """
 from __future__ import annotations
@@ -25,9 +26,15 @@ class EvalBatcher:
         if self.task:
             self.task.cancel()
 
-    async def evaluate(self, factors: dict, examples: list) -> float:
+    @property
+    def pending(self) -> int:
+        """Requests waiting for a forward (for the service's back-pressure)."""
+        return self.queue.qsize() if self.queue is not None else 0
+
+    async def evaluate(self, make_factors, examples: list) -> float:
+        """``make_factors()`` -> ``{module: (A, B)}``, called in the worker thread."""
         future = asyncio.get_running_loop().create_future()
-        await self.queue.put((factors, examples, future))
+        await self.queue.put((make_factors, examples, future))
         return await future
 
     async def _worker(self) -> None:
@@ -53,7 +60,7 @@ class EvalBatcher:
                         fut.set_exception(exc)
 
     def _run(self, batch) -> list:
-        for slot, (factors, _, _) in enumerate(batch):
-            self.slot_model.write(slot, factors)
+        for slot, (make_factors, _, _) in enumerate(batch):
+            self.slot_model.write(slot, make_factors())
         self.batches += 1
         return self.slot_model.losses([(slot, examples) for slot, (_, examples, _) in enumerate(batch)])

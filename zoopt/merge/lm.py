@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import glob
 import os
+import re
 from dataclasses import dataclass
 
 import torch
@@ -64,11 +65,30 @@ class Example:
     n_prompt: int          # positions before the answer
 
 
-def encode_examples(tokenizer, records: list, template: str = "{prompt}", max_tokens: int = 512) -> list:
-    """Records ``{"prompt", "answer"}`` -> examples; the loss covers the answer and eos only."""
+PROMPT_FIELD = "{prompt}"
+
+
+def split_template(template: str) -> tuple:
+    """``(head, tail)`` around the template's one ``{prompt}``. Templates are plain
+    text, never a format string (a user's ``{prompt.__class__}`` or ``{prompt:>99999999}``
+    must not reach str.format), so any other ``{...}`` is refused as a likely mistake."""
+    others = [f for f in re.findall(r"\{[^{}]*\}", template) if f != PROMPT_FIELD]
+    if others:
+        raise ValueError(f"template: only the field {PROMPT_FIELD} is allowed, found {others[0][:40]!r}")
+    if template.count(PROMPT_FIELD) != 1:
+        raise ValueError(f"template must contain {PROMPT_FIELD} exactly once, "
+                         f"found it {template.count(PROMPT_FIELD)} times")
+    head, tail = template.split(PROMPT_FIELD)
+    return head, tail
+
+
+def encode_examples(tokenizer, records: list, template: str = PROMPT_FIELD, max_tokens: int = 512) -> list:
+    """Records ``{"prompt", "answer"}`` -> examples; the loss covers the answer and eos only.
+    The prompt is put into ``template`` by plain substitution (``split_template``)."""
+    head, tail = split_template(template)
     out = []
     for i, rec in enumerate(records):
-        prompt_ids = tokenizer.encode(template.format(prompt=rec["prompt"]))
+        prompt_ids = tokenizer.encode(head + rec["prompt"] + tail)
         answer_ids = tokenizer.encode(rec["answer"]) + [tokenizer.eos_token_id]
         ids = (prompt_ids + answer_ids)[-max_tokens:]
         n_prompt = max(0, len(ids) - len(answer_ids))
