@@ -39,6 +39,8 @@ def parse(argv=None):
     ap.add_argument("--auto-lr-start", type=int, default=None)
     ap.add_argument("--temperature", type=float, default=0.02)
     ap.add_argument("--meta-lr", type=float, default=0.5)
+    ap.add_argument("--init-noise", type=float, default=0.0,
+                    help="ν of the warm noisy initialisation (paper's HDET full: 0.01; 0 = off)")
     ap.add_argument("--corpus-bytes", type=int, default=2_000_000)
     ap.add_argument("--replicas", type=int, default=2, help="simulated replicas when not under torchrun")
     ap.add_argument("--seed", type=int, default=0)
@@ -76,7 +78,7 @@ def main(argv=None):
     opt = torch.optim.Adam(lm.param_groups(model), lr=args.max_lr)
     hdet = dict(max_lr=args.max_lr, total_steps=args.steps, spread=args.spread, sync_every=args.sync_every,
                 auto_lr_start=args.auto_lr_start, temperature=args.temperature, meta_lr=args.meta_lr,
-                lr_floor=args.max_lr / 100)
+                init_noise=args.init_noise, init_seed=args.seed)       # default floor: 0.22 of the start
 
     def batch(step, r):
         x, y = lm.sample_batch(train, args.batch, args.context, args.seed, step, r)
