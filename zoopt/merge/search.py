@@ -5,7 +5,10 @@ with beta fixed at 1/N, fitness = loss + l1_alpha * mean|alpha|.
 Stage 2 (signed scales): beta by CMA-ES from 1/N within +-1.5 with alpha*
 fixed, fitness = loss + l1_beta * mean|beta|.
 Budgets are counted in queries (default 400 + 800). The best candidate of each
-stage is kept; the final merge is (alpha*, beta*) of the best of stage 2.
+stage is kept (stage 2 fixes alpha* from stage 1's), and the final merge is the
+one best over both stages by penalised fitness, as the reference code keeps a
+single best: when no stage-2 candidate beats stage 1's best, the result is
+stage 1's (alpha*, beta = 1/N), not stage 2's best.
 
 Ablations: ``stages=("alpha",)`` (alpha only, beta uniform), ``stages=("beta",)``
 with ``beta_init=0`` (LoRAHub: stage 2 alone from 0), ``beta_nonneg=True``.
@@ -89,11 +92,13 @@ class EvoMerge:
 
     def result(self) -> dict:
         best = self.state["best"]
-        last = best.get(self.stages[-1]) or best.get(self.stages[0])
-        if last is None:
+        if not best:
             raise RuntimeError("no generation ran: the budgets are smaller than one population")
-        return {"alpha": last["alpha"], "beta": last["beta"], "loss": last["loss"], "queries": self.state["queries"],
-                "stages": {k: v for k, v in best.items()}, "history": self.state["history"]}
+        stage = min(best, key=lambda s: best[s]["fitness"])  # ties keep the earlier stage
+        top = best[stage]
+        return {"alpha": top["alpha"], "beta": top["beta"], "loss": top["loss"], "fitness": top["fitness"],
+                "stage": stage, "queries": self.state["queries"], "stages": dict(best),
+                "history": self.state["history"]}
 
     def load_state(self, state: dict) -> None:
         self.state = state
