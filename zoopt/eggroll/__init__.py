@@ -8,8 +8,9 @@ whose low-rank evaluation runs population-aware layers swapped in place + an eva
 from zoopt.problems.module import register_structured
 from zoopt.registry import register
 
-from .layers import PopEmbedding, PopLayerNorm, PopLinear
+from .layers import PopEmbedding, PopLinear
 from .module import EGGROLL
+from .norms import PopLayerNorm
 from .population import Population, PopulationHolder
 from .problem import evaluate_lowrank
 from .recurrent import PopGRU, PopGRUCell, PopLSTM, PopLSTMCell, PopRNN, PopRNNCell

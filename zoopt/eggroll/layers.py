@@ -223,36 +223,6 @@ class PopEmbedding(_PopulationAware, nn.Embedding):
                                     padding_idx=self.padding_idx)
 
 
-class PopLayerNorm(_PopulationAware, nn.LayerNorm):
-    """``nn.LayerNorm`` whose affine vectors get per-member full-rank noise."""
-
-    def _member_vector(self, pop, name, dtype):
-        v = getattr(self, name).unsqueeze(0)                            # [1, *shape]
-        if self._eggroll_modes.get(name) == "full":
-            v = v + pop.vector_noise(self._eggroll_ids[name], tuple(v.shape[1:]), dtype=dtype)
-        return v.unsqueeze(1)                                           # [1 or N, 1, *shape]
-
-    def forward(self, x):
-        pop = self._population()
-        if pop is None:
-            return super().forward(x)
-        nd = len(self.normalized_shape)
-        normed = F.layer_norm(x, self.normalized_shape, None, None, self.eps)
-        lead = tuple(x.shape[:x.dim() - nd])
-        if pop.is_shared(x):
-            view = normed.reshape(1, -1, *self.normalized_shape).expand(pop.n, -1, *self.normalized_shape)
-            out_lead = (pop.n * lead[0], *lead[1:]) if lead else (pop.n,)
-        else:
-            pop.rows_per_member(x, "input")
-            view = normed.reshape(pop.n, -1, *self.normalized_shape)
-            out_lead = lead
-        pop.expanded = True
-        if self.weight is not None:
-            view = view * self._member_vector(pop, "weight", x.dtype)
-        if self.bias is not None:
-            view = view + self._member_vector(pop, "bias", x.dtype)
-        return view.reshape(*out_lead, *self.normalized_shape)
-
-
-SWAPS = {nn.Linear: PopLinear, nn.Embedding: PopEmbedding, nn.LayerNorm: PopLayerNorm}
-# the recurrent layers built from these products live in .recurrent
+SWAPS = {nn.Linear: PopLinear, nn.Embedding: PopEmbedding,
+         nn.modules.linear.NonDynamicallyQuantizableLinear: PopLinear}  # the last: attention's out_proj
+# the norms live in .norms, the convolutions in .conv, the recurrent layers in .recurrent

@@ -2,8 +2,10 @@
 
 Such a module's code reads its parameters anywhere, so there is no shared
 product to split: inside a population its forward runs once per member, with
-that member's parameters ``p + s sigma eps`` (full-rank keyed noise) and a
-one-member population active for the population-aware layers inside it. The
+that member's parameters (``p + s sigma eps``, full-rank keyed noise, or
+``W + s sigma A B^T / sqrt(r)`` for the matrices of a user subclass of a torch
+layer, built one member at a time) and a one-member population active for the
+population-aware layers inside it. The
 per-member inputs are the member's rows of member-major tensors; tensors every
 member shares are passed whole. Outputs are stacked member-major. Cost: one
 forward of the module per member (the layers inside it still never build a
@@ -55,6 +57,16 @@ def _stack(outs: list):
     raise TypeError(f"{type(first).__name__} output of a member-loop module cannot be stacked per member")
 
 
+def _member_delta(pop: Population, module, name: str, p: torch.Tensor, i: int) -> torch.Tensor:
+    """Member ``i``'s perturbation of parameter ``name`` (``p``'s shape)."""
+    tid = module._eggroll_ids[name]
+    if module._eggroll_modes[name] == "full":
+        return pop.vector_noise(tid, tuple(p.shape), dtype=p.dtype)[i]
+    A, B = pop.factors(tid, p.shape[0], p[0].numel(), dtype=p.dtype)
+    group = i // pop.group
+    return (pop.lowrank_scale.reshape(-1)[i].to(p.dtype) * (A[group] @ B[group].T)).view(p.shape)
+
+
 class MemberLoop(_PopulationAware):
     """Mixin: the module's own forward, once per member inside a population (see module doc)."""
 
@@ -64,9 +76,7 @@ class MemberLoop(_PopulationAware):
         if pop is None or getattr(self, "_eggroll_looping", False):
             return original(self, *args, **kwargs)
         own = {name: p for name, p in self._parameters.items()
-               if p is not None and self._eggroll_modes.get(name) == "full"}
-        noise = {name: pop.vector_noise(self._eggroll_ids[name], tuple(p.shape), dtype=p.dtype)
-                 for name, p in own.items()}
+               if p is not None and self._eggroll_modes.get(name) in ("full", "lowrank")}
         outs = []
         try:
             self._eggroll_looping = True
@@ -79,7 +89,7 @@ class MemberLoop(_PopulationAware):
                 for a in shared:
                     sub.mark_shared(a)
                 for name, p in own.items():
-                    self._parameters[name] = p + noise[name][i]
+                    self._parameters[name] = p + _member_delta(pop, self, name, p, i)
                 with self._eggroll_holder.activate(sub):
                     outs.append(original(self, *member_args, **member_kwargs))
         finally:

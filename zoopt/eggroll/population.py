@@ -8,7 +8,8 @@ draw serves both members of a pair; otherwise ``g = 1``.
 
 An input is *shared* when every member sees the same rows (a supervised
 minibatch): the first layer then runs its base GEMM once and produces
-member-major output from it.
+member-major output from it. Views of a shared tensor (``x[:, t]`` in a
+per-time-step loop, a transpose) are shared too: sharing follows the storage.
 """
 from __future__ import annotations
 
@@ -43,7 +44,7 @@ class Population:
         self.vector_scale = (signs * self.sigma).to(self.device)                           # [G, g]
         self.signs = signs.reshape(-1)
         self._cache: dict = {}
-        self._shared_ptrs: set = set()
+        self._shared_storages: set = set()
         self.shared_rows = None
         self.expanded = False
         if shared is not None:
@@ -57,13 +58,13 @@ class Population:
     def mark_shared(self, x) -> None:
         """Declare ``x`` (and views of it) as rows every member sees."""
         if isinstance(x, torch.Tensor) and x.dim() >= 1:
-            self._shared_ptrs.add((x.data_ptr(), x.numel()))
+            self._shared_storages.add(x.untyped_storage().data_ptr())
             if self.shared_rows is None:
                 self.shared_rows = x.shape[0]
 
     def is_shared(self, x: torch.Tensor) -> bool:
-        if (x.data_ptr(), x.numel()) in self._shared_ptrs:
-            return True
+        if x.untyped_storage().data_ptr() in self._shared_storages:
+            return True   # the shared batch or a view of it (population outputs are fresh tensors)
         # preprocessing before the first population-aware layer (x / 255, a flatten) keeps the row count
         return (not self.expanded and self.shared_rows is not None and x.dim() >= 1
                 and x.shape[0] == self.shared_rows)

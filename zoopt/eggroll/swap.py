@@ -12,7 +12,8 @@ state_dict keys, the plain forward whenever no population is active.
 * full-rank keyed noise: biases, norms (``LayerNorm``, ``BatchNorm1d/2d/3d``,
   ``GroupNorm``, ``RMSNorm``), and parameters a user-defined module owns
   directly (a positional embedding, a custom norm's weight): such a module runs
-  once per member inside a population (:mod:`.loop`).
+  once per member inside a population (:mod:`.loop`). A user subclass of a
+  layer above (its own forward) runs the same way, its matrices still low-rank.
 
 Every trainable parameter gets a tensor id (from its name) and a mode:
 ``"lowrank"`` for the matrices above, ``vectors`` ("full" or "frozen") for the
@@ -35,7 +36,8 @@ from .norms import NORMS, SWAPS as NORM_SWAPS
 from .recurrent import SWAPS as RECURRENT_SWAPS
 
 SWAPS = {**LAYER_SWAPS, **RECURRENT_SWAPS, **CONV_SWAPS, **NORM_SWAPS, **ATTENTION_SWAPS}
-VECTOR_ONLY = (nn.LayerNorm, *NORMS)  # their parameters take full-rank noise whatever their shape
+VECTOR_ONLY = NORMS  # their parameters take full-rank noise whatever their shape
+MATRIX_LAYERS = tuple(cls for cls in SWAPS if cls not in NORMS)
 MATRIX_EXCEPTIONS = {nn.MultiheadAttention: ("bias_k", "bias_v")}  # not supported: left frozen
 
 
@@ -80,9 +82,12 @@ def capability(module: nn.Module, local: str, param) -> str | None:
     original = _original(module)
     if local in MATRIX_EXCEPTIONS.get(original, ()):
         return None
-    if original not in SWAPS or original in VECTOR_ONLY or param.dim() < 2:
+    if param.dim() < 2 or original in VECTOR_ONLY:
         return "full"
-    return "lowrank"
+    if original in SWAPS:
+        return "lowrank"
+    # a user module (member loop): a subclass of a torch layer keeps its matrices low-rank; bare ones are full
+    return "lowrank" if issubclass(original, MATRIX_LAYERS) else "full"
 
 
 def _owners(model: nn.Module) -> dict:
