@@ -281,19 +281,46 @@ def save_policy(path: str, policy: Policy, flat: torch.Tensor, normalizer: Optio
 
 
 def load_policy(path: str) -> SavedPolicy:
-    """Load a policy written by :func:`save_policy` (``path`` is its folder)."""
+    """Load a policy written by :func:`save_policy` (``path`` is its folder).
+
+    A broken folder raises FileNotFoundError or ValueError naming the file and what is wrong with it.
+    """
+    import zipfile
+
     json_path = os.path.join(path, "policy.json")
     if not os.path.isfile(json_path):
         raise FileNotFoundError(f"no policy.json in {path!r}")
-    with open(json_path) as fh:
-        doc = json.load(fh)
-    if doc.get("format") != "zoopt-policy-1":
-        raise ValueError(f"{json_path} is not a zoopt policy (format {doc.get('format')!r})")
-    cfg = doc["config"]
-    policy = Policy(PolicyConfig(**cfg))
-    with np.load(os.path.join(path, "weights.npz")) as data:
-        arrays = {k: data[k] for k in data.files}
-    norm = doc["normalizer"]
-    normalizer = ObsNormalizer(np.asarray(norm["mean"], np.float32), np.asarray(norm["std"], np.float32),
-                               math.inf if norm["clip"] is None else norm["clip"], norm.get("count", 0.0))
+    try:
+        with open(json_path, encoding="utf-8") as fh:
+            doc = json.load(fh)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{json_path}: not a JSON policy file ({exc})") from None
+    if not isinstance(doc, dict) or doc.get("format") != "zoopt-policy-1":
+        found = doc.get("format") if isinstance(doc, dict) else type(doc).__name__
+        raise ValueError(f"{json_path} is not a zoopt policy (format {found!r})")
+    try:
+        policy = Policy(PolicyConfig(**doc["config"]))
+        norm = doc["normalizer"]
+        normalizer = ObsNormalizer(np.asarray(norm["mean"], np.float32), np.asarray(norm["std"], np.float32),
+                                   math.inf if norm["clip"] is None else float(norm["clip"]),
+                                   float(norm.get("count", 0.0)))
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ValueError(f"{json_path}: bad policy description ({type(exc).__name__}: {exc})") from None
+    dim = policy.config.obs_dim
+    if normalizer.mean.shape != (dim,) or normalizer.std.shape != (dim,):
+        raise ValueError(f"{json_path}: the normalizer's mean and std must have {dim} entries")
+    npz = os.path.join(path, "weights.npz")
+    if not os.path.isfile(npz):
+        raise FileNotFoundError(f"no weights.npz in {path!r}")
+    try:
+        with np.load(npz) as data:  # allow_pickle stays False: no object arrays, no code
+            arrays = {k: data[k] for k in data.files}
+    except (zipfile.BadZipFile, ValueError, OSError, EOFError) as exc:
+        raise ValueError(f"{npz}: not a readable weights file ({type(exc).__name__}: {exc})") from None
+    expected = policy.export(torch.zeros(policy.dim))
+    for name, want in expected.items():
+        if name not in arrays:
+            raise ValueError(f"{npz}: missing array {name!r}")
+        if arrays[name].shape != want.shape:
+            raise ValueError(f"{npz}: array {name!r} has shape {arrays[name].shape}, the policy needs {want.shape}")
     return SavedPolicy(policy, policy.layers_from_arrays(arrays), normalizer, doc.get("meta", {}))

@@ -35,8 +35,11 @@ import traceback
 
 import torch
 
-from zoopt.commands.train import fit, make_stepper, polystep_class
-from zoopt.problems.zoo import MODELS, make_model, zoo_data
+from zoopt.problems.zoo import MODELS, zoo_data
+from zoopt.training import train_zoo
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import official_polystep  # noqa: E402  (registers the method polystep_official)
 
 ALL_METHODS = ("polystep", "polystep_official", "openai_es", "sep_cma_es", "spsa", "adam")
 OPTIONAL_METHODS = ("eggroll",)  # zoopt.EGGROLL, equal wall time like the ES baselines; opt in with --methods
@@ -87,36 +90,18 @@ def model_args(name, args):
     return argparse.Namespace(**{**vars(args), **over})
 
 
-def official_available() -> str | None:
-    try:
-        import polystep  # noqa: F401
-    except ImportError as exc:
-        return f"the official polystep package is not installed ({exc}); pip install polystep"
-    return None
-
-
 def run_one(method, name, data, args, *, time_limit=None, epochs=None):
-    n_in = data["x_train"].shape[1]
-    model = make_model(name, seed=args.seed, in_features=n_in).to(args.device)
-    per_epoch = max(1, len(data["x_train"]) // args.batch_size)
-    epochs = epochs or args.epochs
-    stepper = make_stepper(method, model, model_name=name, total_steps=args.epochs * per_epoch, seed=args.seed,
-                           polystep_overrides={"rank": args.rank, "polytope": args.polytope})
-    extra = {}
-    if hasattr(stepper, "opt") and hasattr(stepper.opt, "evaluations_per_step"):
-        extra["candidates_per_step"] = int(stepper.opt.evaluations_per_step)
-    summary = fit(stepper, data, epochs=epochs, batch_size=args.batch_size, seed=args.seed, time_limit=time_limit,
-                  progress=args.progress, label=f"{name}/{method}")
-    summary.update(extra)
-    return summary
+    return train_zoo(name, method, data=data, epochs=epochs or args.epochs, batch_size=args.batch_size,
+                     seed=args.seed, polystep_overrides={"rank": args.rank, "polytope": args.polytope},
+                     time_limit=time_limit, progress=args.progress, device=args.device,
+                     total_steps=args.epochs * max(1, len(data["x_train"]) // args.batch_size))
 
 
 def bench_model(name, data, args, log, results=None, save=lambda: None):
     """Run every method on model ``name``; ``results`` is filled in place and ``save()`` runs after each
     method, so an interrupted benchmark keeps what it finished."""
     results = {} if results is None else results
-    missing = {"polystep": None if polystep_class() is not None else "zoopt.PolyStep is not in this checkout yet",
-               "polystep_official": official_available()}
+    missing = {"polystep": None, "polystep_official": official_polystep.available()}
     for method in ("polystep", "polystep_official"):
         if method not in args.methods:
             continue
@@ -155,12 +140,12 @@ def bench_model(name, data, args, log, results=None, save=lambda: None):
     if "time_per_step_s" in ours and "time_per_step_s" in theirs:
         results["ratio_ours_over_official"] = {
             "time_per_step": ours["time_per_step_s"] / theirs["time_per_step_s"],
-            "forward_passes": ours["forward_passes"] / max(1, theirs["forward_passes"]),
+            "evaluations": ours["evaluations"] / max(1, theirs["evaluations"]),
             "best_test_acc_pp": 100 * (ours["best_test_acc"] - theirs["best_test_acc"]),
             "last_test_acc_pp": 100 * (ours["last_test_acc"] - theirs["last_test_acc"]),
         }
         r = results["ratio_ours_over_official"]
-        log(f"  ours/official: time per step x{r['time_per_step']:.3f}, forward passes x{r['forward_passes']:.4f}, "
+        log(f"  ours/official: time per step x{r['time_per_step']:.3f}, evaluations x{r['evaluations']:.4f}, "
             f"accuracy {r['best_test_acc_pp']:+.2f} pp (best), {r['last_test_acc_pp']:+.2f} pp (last)")
     return results
 
@@ -171,7 +156,7 @@ def line(method, s):
     twin = f"  twin best {100 * s['twin_best_test_acc']:.2f}" if "twin_best_test_acc" in s else ""
     return (f"  {method:18s} best {100 * s['best_test_acc']:6.2f}  last {100 * s['last_test_acc']:6.2f}  "
             f"(val {100 * s['best_val_acc']:.2f} @ep {s['best_epoch']})  {s['steps']:6d} steps  "
-            f"{s['forward_passes']:>12,d} fwd  {s['time_per_step_s']:8.3f} s/step{twin}")
+            f"{s['evaluations']:>12,d} evals  {s['time_per_step_s']:8.3f} s/step{twin}")
 
 
 def plot(all_results, path):
@@ -195,9 +180,9 @@ def plot(all_results, path):
         for k in models:
             recs = all_results[k].get(method, {}).get("records")
             if recs:
-                axes[1].plot([r["forward_passes"] for r in recs], [100 * r["val_acc"] for r in recs], marker="o",
+                axes[1].plot([r["evaluations"] for r in recs], [100 * r["val_acc"] for r in recs], marker="o",
                              label=f"{k}/{method}", ls="-" if method == "polystep" else "--")
-    axes[1].set_xlabel("forward passes")
+    axes[1].set_xlabel("evaluations (member forward passes)")
     axes[1].set_ylabel("validation accuracy %")
     if axes[1].lines:
         axes[1].legend(fontsize=7)

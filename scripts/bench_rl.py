@@ -33,7 +33,7 @@ import time
 import numpy as np
 import torch
 
-from zoopt.commands.rl import train_rl
+from zoopt.rl import train_rl
 from zoopt.problems.gym import episode_seeds
 from zoopt.registry import METHODS
 
