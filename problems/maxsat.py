@@ -27,10 +27,14 @@ per step; everything is int32/int16/bool apart from the float64 weights.
 """
 from __future__ import annotations
 
+import bz2
+import gzip
 import io
+import lzma
 import math
 import os
 import re
+import zlib
 from dataclasses import dataclass, field
 from typing import Iterable, Optional, Sequence
 
@@ -38,8 +42,11 @@ import numpy as np
 import torch
 
 from zoopt.problems.base import Problem
+from zoopt.spec import member_index
 
 DEFAULT_RATIO = 4.27  # clauses per variable of the random 3-SAT instances (the satisfiability threshold)
+MAX_VARS = 2 ** 31 - 1       # variable ids are int32
+MAX_WEIGHT = 2 ** 63 - 1     # the MaxSAT Evaluation's limit on weights, top and the total soft weight
 
 
 # -- the instance -----------------------------------------------------------------------------
@@ -57,8 +64,8 @@ class MaxSATInstance:
     _cache: dict = field(default_factory=dict, repr=False, compare=False)
 
     def __post_init__(self):
-        if self.n_vars < 0:
-            raise ValueError(f"n_vars must be >= 0, got {self.n_vars}")
+        if not 0 <= self.n_vars <= MAX_VARS:
+            raise ValueError(f"n_vars must be in [0, 2**31 - 1] (int32 variable ids), got {self.n_vars}")
         self.clause_ptr = torch.as_tensor(self.clause_ptr, dtype=torch.int64)
         self.lit_var = torch.as_tensor(self.lit_var, dtype=torch.int32)
         self.lit_neg = torch.as_tensor(self.lit_neg, dtype=torch.bool)
@@ -68,6 +75,8 @@ class MaxSATInstance:
                 raise ValueError(f"weights must have shape ({self.n_clauses},), got {tuple(self.weights.shape)}")
             if not bool(torch.isfinite(self.weights).all()) or bool((self.weights <= 0).any()):
                 raise ValueError("weights must be finite and > 0")
+            if not math.isfinite(float(self.weights.sum())):   # top and every cost would be inf / nan
+                raise ValueError("weights must have a finite sum")
         if self.hard is not None:
             self.hard = torch.as_tensor(self.hard, dtype=torch.bool)
             if self.hard.shape != (self.n_clauses,):
@@ -279,21 +288,61 @@ def read_dimacs(source) -> MaxSATInstance:
     """Read DIMACS CNF (``p cnf n m``), WCNF (``p wcnf n m [top]``, weight ``>= top`` = hard) or the
     header-less 2022 WCNF format (``h`` lines hard, ``w lits 0`` soft).
 
-    ``source`` is a path or a text file object. Comments (``c ...``) and a SATLIB
-    ``%`` end marker are allowed. A malformed file raises ``ValueError``
-    naming the line.
+    ``source`` is a path (``.gz``, ``.xz`` and ``.bz2`` are decompressed by
+    extension) or a text file object. Comments (``c ...``) and a SATLIB ``%``
+    end marker are allowed. Anything malformed raises a one-line
+    ``ValueError`` naming the file and, where there is one, the line: bytes
+    that are not text, numbers beyond the format's limits (variables below
+    2**31, weights, ``top`` and the total soft weight at most 2**63 - 1), an
+    empty file.
     """
     if hasattr(source, "read"):
         text = source.read()
         name = getattr(source, "name", "<stream>")
+        if isinstance(text, bytes):
+            text = _decode(text, name)
     else:
         name = os.fspath(source)
-        with open(name, "r") as fh:
-            text = fh.read()
+        text = _decode(_read_bytes(name), name)
+    if "\x00" in text:
+        raise ValueError(f"{name}: line {text.count(chr(10), 0, text.index(chr(0))) + 1}: "
+                         f"NUL byte: not a text DIMACS file")
     try:
-        return _parse_fast(text)
+        inst = _parse_fast(text)
     except _Fallback:
-        return _parse_slow(text, name)
+        inst = _parse_slow(text, name)
+    if inst.soft_weight > MAX_WEIGHT:
+        raise ValueError(f"{name}: the soft clauses weigh {inst.soft_weight:.6g} in total, above 2**63 - 1 "
+                         f"(the MaxSAT format's limit)")
+    return inst
+
+
+_OPENERS = {".gz": gzip.open, ".xz": lzma.open, ".bz2": bz2.open}
+
+
+def _read_bytes(name: str) -> bytes:
+    """The file's bytes, decompressed when its extension is ``.gz``, ``.xz`` or ``.bz2``."""
+    opener = _OPENERS.get(os.path.splitext(name)[1].lower(), open)
+    try:
+        with opener(name, "rb") as fh:
+            return fh.read()
+    except FileNotFoundError:
+        raise ValueError(f"{name}: no such file") from None
+    except IsADirectoryError:
+        raise ValueError(f"{name}: is a folder, not a file") from None
+    except (OSError, EOFError, lzma.LZMAError, zlib.error) as exc:
+        if opener is open:
+            raise ValueError(f"{name}: cannot read: {exc}") from None
+        raise ValueError(f"{name}: cannot decompress: {exc}") from None
+
+
+def _decode(data: bytes, name: str) -> str:
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise ValueError(f"{name}: line {line}: byte 0x{data[exc.start]:02x} is not text "
+                         f"(a binary or compressed file without its .gz/.xz/.bz2 extension?)") from None
 
 
 _COMMENT = re.compile(r"^[ \t]*c.*$", re.M)
@@ -318,7 +367,8 @@ def _parse_fast(text: str) -> MaxSATInstance:
             top = int(f[4]) if f[1] == "wcnf" and len(f) == 5 else None
         except ValueError:
             raise _Fallback from None
-        if len(f) > (5 if f[1] == "wcnf" else 4) or n_vars < 0 or n_decl < 0:
+        if len(f) > (5 if f[1] == "wcnf" else 4) or not 0 <= n_vars <= MAX_VARS or n_decl < 0 \
+                or (top is not None and not 0 < top <= MAX_WEIGHT):
             raise _Fallback
         kind = f[1]
         head_at = body.index(headers[0])
@@ -330,9 +380,9 @@ def _parse_fast(text: str) -> MaxSATInstance:
     tokens = body.split()
     try:
         t = np.fromiter(map(int, tokens), dtype=np.int64, count=len(tokens))
-    except ValueError:
+    except (ValueError, OverflowError):   # not an integer, or beyond 64 bits
         raise _Fallback from None
-    if t.size and t[-1] != 0:
+    if t.size == 0 or t[-1] != 0:         # empty: the slow parser says whether that is an error
         raise _Fallback
     zeros = np.flatnonzero(t == 0)
     if kind == "cnf":
@@ -388,6 +438,8 @@ def _parse_weight(tok: str, where: str) -> float:
             raise ValueError(f"{where}: clause weight {tok!r} is not a number") from None
     if not (math.isfinite(w) and w > 0):
         raise ValueError(f"{where}: clause weight must be > 0, got {tok}")
+    if w > MAX_WEIGHT:
+        raise ValueError(f"{where}: clause weight {tok} is above 2**63 - 1 (the MaxSAT format's limit)")
     return w
 
 
@@ -421,6 +473,10 @@ def _parse_slow(text: str, name: str = "<string>") -> MaxSATInstance:
                 raise ValueError(f"{where}: header numbers must be integers, got {line!r}") from None
             if n_vars < 0 or n_decl < 0 or (top is not None and top <= 0):
                 raise ValueError(f"{where}: header numbers must be >= 0 (top > 0), got {line!r}")
+            if n_vars > MAX_VARS:
+                raise ValueError(f"{where}: header declares {n_vars} variables; at most 2**31 - 1 are supported")
+            if top is not None and top > MAX_WEIGHT:
+                raise ValueError(f"{where}: top {top} is above 2**63 - 1 (the MaxSAT format's limit)")
             kind, header_line = f[1], lineno
             continue
         for tok in line.split():
@@ -453,6 +509,8 @@ def _parse_slow(text: str, name: str = "<string>") -> MaxSATInstance:
             cur.append(lit)
     if cur is not None:
         raise ValueError(f"{name}: line {cur_line}: clause not terminated by 0 before the end of the file")
+    if header_line is None and not clauses:
+        raise ValueError(f"{name}: no header and no clauses in its {lineno} lines (an empty or comments-only file)")
     if n_decl is not None and n_decl != len(clauses):
         raise ValueError(f"{name}: line {header_line}: header declares {n_decl} clauses but the file has "
                          f"{len(clauses)}")
@@ -530,8 +588,10 @@ def format_solution(assign: torch.Tensor, cost: Optional[float] = None, status: 
 
 
 def write_solution(path, assign: torch.Tensor, cost: Optional[float] = None, status: str = "UNKNOWN") -> None:
-    with open(path, "w") as fh:
-        fh.write(format_solution(assign, cost, status))
+    """Write the ``o``/``s``/``v`` lines atomically (a crash leaves the old file or the new one)."""
+    from zoopt.atomic import write_text
+
+    write_text(os.fspath(path), format_solution(assign, cost, status))
 
 
 def parse_solution(text: str, n_vars: int) -> torch.Tensor:
@@ -555,26 +615,96 @@ def parse_solution(text: str, n_vars: int) -> torch.Tensor:
 
 # -- the engine's Problem view (for population strategies) -----------------------------------
 
-class MaxSATProblem(Problem):
-    """``Problem`` adapter: a candidate is one real value per variable; its hard assignment is
-    ``x > 0`` (``encoding="sign"``) or ``round(sigmoid(x))``; fitness = cost divided by the total
-    cost weight (the unsatisfied fraction for plain instances), lower is better. Used to run
-    OpenAI-ES / CMA-ES on MAX-SAT through ``evaluate(spec, members)``."""
+ENCODINGS = ("sign", "sigmoid")
+COST_SCALES = ("fraction", "count")
 
-    def __init__(self, instance: MaxSATInstance, encoding: str = "sign", chunk: int = 8):
-        if encoding not in ("sign", "sigmoid"):
-            raise ValueError(f"encoding must be 'sign' or 'sigmoid', got {encoding!r}")
+
+def hard_assignment(x: torch.Tensor, encoding: str = "sign") -> torch.Tensor:
+    """bool assignment of the real values ``x``: ``x > 0`` (``"sign"``) or ``round(sigmoid(x)) == 1``."""
+    if encoding == "sign":
+        return x > 0
+    if encoding == "sigmoid":
+        return torch.round(torch.sigmoid(x)) > 0.5
+    raise ValueError(f"encoding must be one of {ENCODINGS}, got {encoding!r}")
+
+
+@dataclass
+class BlockCosts:
+    """The scores of one block spec: ``costs [P, V, K]`` (float64, scaled) and the center's
+    hard assignment with its unscaled ``cost``."""
+
+    costs: torch.Tensor
+    assign: torch.Tensor
+    cost: float
+
+
+class MaxSATProblem(Problem):
+    """``Problem`` view of an instance: a candidate is one real value per variable, its hard
+    assignment :func:`hard_assignment` (``encoding``), its fitness the cost divided by
+    ``cost_scale`` (lower is better): ``"fraction"`` divides by the total cost weight (the
+    unsatisfied fraction for plain instances), ``"count"`` keeps the unsatisfied weight, a
+    number divides by it.
+
+    Specs of kind ``"block"`` (PolyStep: each member moves one block of
+    consecutive variables) are scored by delta evaluation
+    (:meth:`block_costs`, :class:`BlockDelta`) without building any candidate
+    point; other specs through their explicit points.
+    """
+
+    def __init__(self, instance: MaxSATInstance, encoding: str = "sign", chunk: int = 8,
+                 cost_scale="fraction"):
+        if not isinstance(instance, MaxSATInstance):
+            raise TypeError(f"instance must be a MaxSATInstance, got {type(instance).__name__}")
+        if encoding not in ENCODINGS:
+            raise ValueError(f"encoding must be one of {ENCODINGS}, got {encoding!r}")
         self.instance, self.encoding, self.chunk = instance, encoding, int(chunk)
         self.dim = instance.n_vars
-        w = instance.cost_weights()
-        self.total = float(instance.n_clauses if w is None else w.sum()) or 1.0
+        if isinstance(cost_scale, str):
+            if cost_scale not in COST_SCALES:
+                raise ValueError(f"cost_scale must be one of {COST_SCALES} or a number > 0, got {cost_scale!r}")
+            w = instance.cost_weights()
+            total = float(instance.n_clauses if w is None else w.sum())
+            self.divisor = max(total, 1.0) if cost_scale == "fraction" else 1.0
+        elif isinstance(cost_scale, bool) or not isinstance(cost_scale, (int, float)) \
+                or not math.isfinite(cost_scale) or cost_scale <= 0:
+            raise ValueError(f"cost_scale must be one of {COST_SCALES} or a number > 0, got {cost_scale!r}")
+        else:
+            self.divisor = float(cost_scale)
+        self.cost_scale = cost_scale
+        self._deltas: dict = {}          # BlockDelta per block size
 
     def hard(self, x: torch.Tensor) -> torch.Tensor:
-        return x > 0 if self.encoding == "sign" else torch.round(torch.sigmoid(x)) > 0.5
+        return hard_assignment(x, self.encoding)
+
+    def block_delta(self, block: int) -> "BlockDelta":
+        if block not in self._deltas:
+            self._deltas[block] = BlockDelta(self.instance, block=block)
+        return self._deltas[block]
+
+    def block_costs(self, center: torch.Tensor, offsets: torch.Tensor) -> BlockCosts:
+        """Scaled costs ``[P, V, K]`` of every candidate ``(i, v, k)`` that moves block ``i`` of
+        ``center`` by ``offsets[i, v, k]`` (``[P, V, K, d]``), from one pass over the literals
+        plus the clauses of each block (:class:`BlockDelta`)."""
+        p, v, k, d = offsets.shape
+        n = self.instance.n_vars
+        if p != -(-n // d):
+            raise ValueError(f"offsets must cover {-(-n // d)} blocks of {d} variables, got {p}")
+        flat = torch.zeros(p * d, dtype=offsets.dtype)
+        flat[:n] = torch.as_tensor(center).reshape(-1)[:n].to(offsets.dtype)
+        values = self.hard(flat.view(p, 1, 1, d) + offsets)                       # [P, V, K, d]
+        values = values.permute(0, 3, 1, 2).reshape(p * d, v * k)                  # one row per variable
+        delta = self.block_delta(d)
+        assign = self.hard(flat[:n])
+        counts, cost, scores = delta.prepare(assign)
+        costs = (delta.deltas(assign, counts, values, scores) + cost) / self.divisor
+        return BlockCosts(costs.view(p, v, k), assign, cost)
 
     def evaluate(self, spec, members=None) -> torch.Tensor:
+        if getattr(spec, "kind", None) == "block":
+            costs = self.block_costs(spec.center, spec.offsets).costs.reshape(-1)
+            return costs if members is None else costs[member_index(members, spec.popsize)]
         pts = spec.points(members)
-        return (self.instance.cost_batch(self.hard(pts), chunk=self.chunk) / self.total).to(torch.float32)
+        return (self.instance.cost_batch(self.hard(pts), chunk=self.chunk) / self.divisor).to(torch.float32)
 
     def initial_point(self) -> torch.Tensor:
         return torch.zeros(self.dim)
@@ -791,5 +921,6 @@ class BlockDelta:
         return diff if w is None else diff * w[self.group_clause][:, None]
 
 
-__all__ = ["MaxSATInstance", "MaxSATProblem", "random_ksat", "read_dimacs", "write_dimacs", "format_solution", "write_solution",
+__all__ = ["MaxSATInstance", "MaxSATProblem", "BlockCosts", "hard_assignment", "ENCODINGS", "COST_SCALES",
+           "MAX_VARS", "MAX_WEIGHT", "random_ksat", "read_dimacs", "write_dimacs", "format_solution", "write_solution",
            "parse_solution", "VarClauseIndex", "BlockDelta", "DEFAULT_RATIO"]

@@ -179,3 +179,63 @@ def test_csr_candidate_costs_equal_full_evaluation():
             a2 = a.clone()
             a2[pairs[j]] = vals[j]
             assert d[j].item() == pytest.approx(inst.cost(a2) - base, abs=1e-9)
+
+
+# -- bad input: one line naming the file and the line (issue 16 §4) ---------------------------------
+
+BIG = "9" * 25      # beyond 64 bits
+
+
+@pytest.mark.parametrize("text, fragment", [
+    ("p wcnf 3 1 0\n1 1 0\n", "line 1: header numbers must be >= 0 (top > 0)"),       # fast parser accepted it
+    ("p wcnf 3 1 -5\n1 1 0\n", "line 1: header numbers"),
+    (f"p wcnf 3 1 100\n{BIG} 1 0\n", "line 2: clause weight"),                          # OverflowError before
+    (f"p cnf 3 1\n1 {BIG} 0\n", "line 2: literal"),
+    (f"h 1 {BIG} 0\n", "line 1: literal"),
+    (f"p wcnf 3 1 {BIG}\n1 1 0\n", "line 1: top"),
+    ("", "no header and no clauses"),                                                  # IndexError before
+    ("c only\nc comments\n", "no header and no clauses"),
+    ("1e308 1 0\n1e308 -1 0\n", "line 1: clause weight 1e308 is above 2**63 - 1"),     # cost nan before
+    ("9223372036854775807 1 0\n9223372036854775807 -1 0\n", "soft clauses weigh"),
+    ("p cnf 100000000000 1\n1 0\n", "line 1: header declares 100000000000 variables"),  # reached the allocator
+    ("p cnf 2 1\n1 \x00 0\n", "line 2: NUL byte"),
+])
+def test_bad_files_fail_in_one_line_naming_file_and_line(tmp_path, text, fragment):
+    path = tmp_path / "in.wcnf"
+    path.write_text(text)
+    with pytest.raises(ValueError) as err:
+        read_dimacs(path)
+    msg = str(err.value)
+    assert msg.startswith(str(path) + ":") and fragment in msg and "\n" not in msg
+
+
+def test_binary_and_broken_compressed_files_name_the_file(tmp_path):
+    png = tmp_path / "image.cnf"
+    png.write_bytes(b"p cnf 2 1\n\x89PNG\r\n\x1a\n\x00\x00")
+    with pytest.raises(ValueError, match=r"image\.cnf: line 2: byte 0x89 is not text"):
+        read_dimacs(png)
+    broken = tmp_path / "broken.cnf.gz"
+    broken.write_bytes(b"\x1f\x8b\x08\x00garbage")
+    with pytest.raises(ValueError, match=r"broken\.cnf\.gz: cannot decompress"):
+        read_dimacs(broken)
+    with pytest.raises(ValueError, match="no such file"):
+        read_dimacs(tmp_path / "missing.cnf")
+
+
+@pytest.mark.parametrize("ext, opener", [(".gz", "gzip"), (".xz", "lzma"), (".bz2", "bz2")])
+def test_compressed_instances_are_read_by_extension(tmp_path, ext, opener):
+    import importlib
+
+    inst = random_ksat(40, seed=2)
+    buf = io.StringIO()
+    write_dimacs(inst, buf)
+    path = tmp_path / f"f.cnf{ext}"
+    with importlib.import_module(opener).open(path, "wt") as fh:
+        fh.write(buf.getvalue())
+    assert read_dimacs(path).clauses() == inst.clauses()
+
+
+def test_header_with_no_clauses_is_an_empty_instance():
+    for text in ("p wcnf 3 0 10\n", "p cnf 3 0\n"):   # the WCNF one raised IndexError in the fast parser
+        inst = read_dimacs(io.StringIO(text))
+        assert inst.n_vars == 3 and inst.n_clauses == 0

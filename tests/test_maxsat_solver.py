@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from zoopt.cli import main as cli_main
-from zoopt.maxsat import PolyStepMaxSAT, hard_assignment, reference_constants
+from zoopt.maxsat import PolyStepMaxSAT, check_memory, hard_assignment, maxsat_constants, reference_constants
+from zoopt.polystep import Constant, PolyStepES
 from zoopt.problems.maxsat import MaxSATInstance, MaxSATProblem, parse_solution, random_ksat, write_dimacs
 from zoopt.spec import PointsSpec
 from zoopt.walksat import local_search
@@ -56,15 +57,11 @@ def test_polystep_solves_random_3sat_well_and_reproducibly():
 
 def test_polystep_momentum_and_amortization_follow_the_reference_rule():
     inst = random_ksat(50, seed=0)
-    s = PolyStepMaxSAT(inst, seed=0, momentum_warmup=49)
-    assert s.momentum_beta() == pytest.approx(0.5)
-    s.it = 49
-    assert s.momentum_beta() == pytest.approx(0.95)
-    s.it = 400
-    assert s.momentum_beta() == pytest.approx(0.95)
     s = PolyStepMaxSAT(inst, seed=0)
+    beta = s.stepper.beta                            # the one momentum rule (ParticleStepper)
+    assert beta(0) == pytest.approx(0.5) and beta(49) == pytest.approx(0.95) and beta(400) == pytest.approx(0.95)
     s.step()                                         # evaluating step: sets the coast direction
-    x1, coast = s.x.clone(), s.coast.clone()
+    x1, coast = s.x.clone(), s.stepper.dbar.clone()
     assert coast.abs().sum() > 0
     s.step()                                         # coast step 1: x += (1 - 1/3) * coast
     assert torch.allclose(s.x, x1 + (2 / 3) * coast)
@@ -93,14 +90,10 @@ def test_polystep_respects_hard_clauses():
 
 def test_cosine_anneal_to_final_values():
     inst = random_ksat(40, seed=0)
-    s = PolyStepMaxSAT(inst, seed=0, epsilon=5.0, final={"epsilon": 0.5})
-    s.total_steps = 100
-    assert s.scheduled("epsilon") == pytest.approx(5.0)
-    s.it = 50
-    assert s.scheduled("epsilon") == pytest.approx(2.75)
-    s.it = 100
-    assert s.scheduled("epsilon") == pytest.approx(0.5)
-    assert s.scheduled("step_radius") == s.step_radius       # not annealed
+    s = PolyStepMaxSAT(inst, seed=0, epsilon=5.0, steps=100, final={"epsilon": 0.5})
+    eps = s.stepper.epsilon                          # one schedule module (zoopt.polystep.schedules)
+    assert eps.at(0) == pytest.approx(5.0) and eps.at(50) == pytest.approx(2.75) and eps.at(100) == pytest.approx(0.5)
+    assert s.stepper.step_radius.at(70) == s.step_radius       # not annealed, and used as is (not times eps)
     with pytest.raises(ValueError, match="final"):
         PolyStepMaxSAT(inst, final={"sigma": 1.0})
 
@@ -135,25 +128,37 @@ def test_maxsat_problem_scores_population_points():
     assert torch.allclose(fit.double(), want.double(), atol=1e-6)
 
 
-def test_cli_random_and_wcnf(tmp_path, capsys):
-    out = tmp_path / "sol.sol"
+def test_cli_random_and_wcnf_into_run_folders(tmp_path, capsys):
+    out = tmp_path / "run"
     assert cli_main(["maxsat", "--random", "120", "--seed", "0", "--steps", "60", "--no-progress",
                      "--out", str(out)]) == 0
     printed = capsys.readouterr().out
     assert "satisfied" in printed and "peak memory" in printed
-    summary = json.loads((tmp_path / "sol.json").read_text())
+    summary = json.loads((out / "summary.json").read_text())
     inst = random_ksat(120, seed=0)
-    assign = parse_solution(out.read_text(), 120)
-    assert inst.cost(assign) == summary["cost"]
-    assert out.read_text().splitlines()[0] == f"o {int(summary['cost'])}"
+    sol = (out / "solution.sol").read_text()
+    assign = parse_solution(sol, 120)
+    assert inst.cost(assign) == summary["cost"] and summary["steps"] == 60
+    assert sol.splitlines()[0] == f"o {int(summary['cost'])}"
+    assert (out / "checkpoint.pt").exists()
+    # the folder holds a run: refuse to overwrite it, continue it with --resume, replace it with --force
+    assert cli_main(["maxsat", "--random", "120", "--steps", "90", "--no-progress", "--out", str(out)]) == 2
+    assert "already holds a run" in capsys.readouterr().err
+    assert cli_main(["maxsat", "--random", "120", "--steps", "90", "--no-progress", "--out", str(out),
+                     "--resume"]) == 0
+    assert "resumed at step 60" in capsys.readouterr().out
+    assert json.loads((out / "summary.json").read_text())["steps"] == 90
+    assert cli_main(["maxsat", "--random", "120", "--steps", "30", "--no-progress", "--out", str(out),
+                     "--force"]) == 0
+    assert json.loads((out / "summary.json").read_text())["steps"] == 30
 
     wpath = tmp_path / "w.wcnf"
     inst = MaxSATInstance.from_clauses([[1, 2], [-1, 3], [-3], [2, -4]], n_vars=4, weights=[2, 3, 1, 5],
                                        hard=[False, True, False, False])
     write_dimacs(inst, wpath)
-    out2 = tmp_path / "w.sol"
+    out2 = tmp_path / "w"
     assert cli_main(["maxsat", "--wcnf", str(wpath), "--steps", "30", "--no-progress", "--out", str(out2)]) == 0
-    a = parse_solution(out2.read_text(), 4)
+    a = parse_solution((out2 / "solution.sol").read_text(), 4)
     assert inst.evaluate(a)["hard_violated"] == 0
     # x1 = x3 = False, x2 = True satisfies every clause; pair moves may stop at cost 1 (x3 True needs
     # x1 True first, a zero-gain move for the pair (x1, x2))
@@ -161,5 +166,84 @@ def test_cli_random_and_wcnf(tmp_path, capsys):
 
     bad = tmp_path / "bad.cnf"
     bad.write_text("p cnf 2 1\n1 z 0\n")
-    with pytest.raises(SystemExit, match="line 2"):
-        cli_main(["maxsat", "--cnf", str(bad), "--no-progress"])
+    assert cli_main(["maxsat", "--cnf", str(bad), "--no-progress", "--out", str(tmp_path / "b")]) == 2
+    err = capsys.readouterr().err
+    assert "bad.cnf: line 2:" in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("argv, fragment", [
+    (["--amortize", "0"], "--amortize"), (["--epsilon", "-1"], "--epsilon"), (["--epsilon", "nan"], "--epsilon"),
+    (["--steps", "-3"], "--steps"), (["--threads", "0"], "--threads"), (["--random", "0"], "--random"),
+])
+def test_cli_rejects_bad_numbers_in_one_line(argv, fragment, capsys, tmp_path):
+    args = ["maxsat", "--no-progress", "--out", str(tmp_path / "r")]
+    args += argv if "--random" in argv else ["--random", "30"] + argv
+    with pytest.raises(SystemExit) as exc:
+        cli_main(args)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert fragment in err and "Traceback" not in err
+
+
+def test_cli_checks_memory_before_building_a_huge_instance(capsys, tmp_path):
+    # 2e9 variables pass the int32 limit but need ~1 TB: refused before anything is allocated
+    assert cli_main(["maxsat", "--random", "2000000000", "--no-progress", "--out", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err
+    assert "GiB" in err and "available" in err
+    with pytest.raises(ValueError, match="GiB"):
+        check_memory(2_000_000_000, 8_540_000_000, 3 * 8_540_000_000)
+
+
+def test_checkpoint_resume_is_bit_identical(tmp_path):
+    inst = random_ksat(300, seed=4)
+    straight = PolyStepMaxSAT(inst, seed=3, steps=45)
+    res = straight.run()
+    first = PolyStepMaxSAT(inst, seed=3, steps=45)
+    ckpt = str(tmp_path / "c.pt")
+    first.run(steps=20, checkpoint=ckpt)                 # stops between an evaluated step and its coasts
+    assert first.it == 20 and first.stepper.is_coast()
+    second = PolyStepMaxSAT(inst, seed=3, steps=45)
+    second.load(ckpt)
+    again = second.run()
+    assert torch.equal(second.x, straight.x) and torch.equal(second.stepper.velocity, straight.stepper.velocity)
+    assert torch.equal(again.assign, res.assign) and again.cost == res.cost
+    assert again.evaluations == res.evaluations and again.steps == res.steps == 45
+    # a checkpoint only resumes its own instance and settings
+    with pytest.raises(ValueError, match="another instance"):
+        PolyStepMaxSAT(random_ksat(300, seed=5), seed=3, steps=45).load(ckpt)
+    with pytest.raises(ValueError, match="epsilon"):
+        PolyStepMaxSAT(inst, seed=3, steps=45, epsilon=2.0).load(ckpt)
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match="junk.pt"):
+        PolyStepMaxSAT(inst, seed=3, steps=45).load(str(tmp_path / "junk.pt"))
+
+
+def test_block_specs_are_scored_without_building_points(monkeypatch):
+    """MaxSATProblem scores PolyStep's block spec by delta evaluation, equal to scoring its points."""
+    inst = random_ksat(61, seed=9)
+    es = PolyStepES(torch.randn(61, generator=torch.Generator().manual_seed(0)), solver="softmax",
+                    epsilon=Constant(1.0), step_radius=Constant(2.0), probe_radius=Constant(3.0), seed=4)
+    spec = es.ask()
+    assert spec.kind == "block"
+    prob = MaxSATProblem(inst, cost_scale="count")
+    want = torch.tensor([inst.cost(p > 0) for p in spec.points()], dtype=torch.float64)
+    monkeypatch.setattr(type(spec), "points", lambda *a, **k: pytest.fail("built candidate points"))
+    got = prob.evaluate(spec)
+    assert torch.equal(got, want)
+    assert torch.equal(prob.evaluate(spec, [5, 2, 7]), want[[5, 2, 7]])
+    monkeypatch.undo()
+    es.tell(got)                                         # the strategy consumes them as any fitness
+
+
+def test_default_constants_keep_improving_where_the_reference_1m_constants_freeze():
+    """Issue 17: count costs at eps 5 push every |x| past rho / 2 = 250 within a few dozen steps, after
+    which no probe flips a variable; a probe radius above every |x| keeps the steps paying."""
+    inst = random_ksat(2000, seed=1)
+    frozen = dict(cost_scale="count", epsilon=5.0, step_radius=5000.0, probe_radius=500.0)
+    short, long = (PolyStepMaxSAT(inst, seed=0, steps=n, **frozen).run() for n in (150, 600))
+    assert long.cost == short.cost                       # the reference 1M constants: stuck
+    s = PolyStepMaxSAT(inst, seed=0, steps=600, **frozen)
+    s.run(steps=150)
+    assert float((s.x.abs() > 250).float().mean()) > 0.95
+    short, long = (PolyStepMaxSAT(inst, seed=0, steps=n).run() for n in (150, 600))
+    assert long.cost < short.cost < 0.02 * inst.n_clauses
