@@ -111,16 +111,16 @@ def plan_parameters(model: nn.Module, *, vectors: str = "full", embeddings: bool
         if not p.requires_grad:
             continue
         cap = capability(*owner[id(p)], p) if id(p) in owner else None
-        if cap is None:
-            plan.unsupported.append(name)
+        if _excluded(name, exclude):
             mode = "frozen"
-        elif _excluded(name, exclude):
+        elif cap is None:
+            plan.unsupported.append(name)
             mode = "frozen"
         elif cap == "lowrank":
             mode = "lowrank" if (_original(owner[id(p)][0]) is not nn.Embedding or embeddings) else "frozen"
         else:
             mode = vectors
-        if mode == "frozen" and cap is not None:
+        if mode == "frozen" and name not in plan.unsupported:
             plan.excluded.append(name)
         plan.params.append(ParamPlan(name, p, tensor_id_for(name), mode))
     return plan
