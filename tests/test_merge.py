@@ -240,7 +240,7 @@ def test_client_survives_faults_and_finishes_with_the_same_result(service, tmp_p
     assert faulty["alpha"] == clean["alpha"] and faulty["beta"] == clean["beta"]
     assert faulty["loss"] == pytest.approx(clean["loss"], rel=1e-6)
     assert faulty["queries"] == clean["queries"] == 48
-    saved = open(tmp_path / "faulty" / "state.pkl", "rb").read()
+    saved = open(tmp_path / "faulty" / "state.json", "rb").read()
     assert TOKEN.encode() not in saved and TOKEN not in repr(faulty_client)
 
 

@@ -10,7 +10,10 @@ import zipfile
 
 import httpx
 
+from .pool import CONFIG, WEIGHTS
+
 RETRY_STATUS = {429, 500, 502, 503, 504}
+ADAPTER_FILES = (CONFIG, WEIGHTS)
 
 
 class MergeServiceError(RuntimeError):
@@ -93,11 +96,18 @@ class MergeClient:
         return self._call("POST", "/v1/sessions", {"records": records, "template": template, "preset": preset}).json()
 
     def materialize(self, session: str, alpha, beta, out_dir: str) -> list:
-        """Download the merged PEFT adapter into ``out_dir``; returns the file names."""
+        """Download the merged PEFT adapter into ``out_dir``; returns the file names.
+        Only the adapter's two files are accepted from the archive (no paths)."""
         resp = self._call("POST", f"/v1/sessions/{session}/materialize", {"alpha": list(alpha), "beta": list(beta)})
-        with zipfile.ZipFile(io.BytesIO(resp.content)) as zf:
-            zf.extractall(out_dir)
-            return zf.namelist()
+        try:
+            with zipfile.ZipFile(io.BytesIO(resp.content)) as zf:
+                names = zf.namelist()
+                if sorted(names) != sorted(ADAPTER_FILES):
+                    raise MergeServiceError(f"materialize returned {names[:5]}, not the adapter files {ADAPTER_FILES}")
+                zf.extractall(out_dir)
+        except zipfile.BadZipFile as exc:
+            raise MergeServiceError(f"materialize returned no zip archive ({exc})") from None
+        return names
 
 
 def _retry_after(resp: httpx.Response):

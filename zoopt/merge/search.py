@@ -39,7 +39,7 @@ class EvoMerge:
         self.bounds = {"alpha": (0.0, 1.0), "beta": (0.0 if beta_nonneg else -beta_bound, beta_bound)}
         self.stages = tuple(stages)
         self.beta_init = 1.0 / n if beta_init is None else beta_init
-        self.state = {"stage_index": 0, "es": None, "queries": 0, "stage_queries": 0, "best": {},
+        self.state = {"stage_index": 0, "queries": 0, "stage_queries": 0, "best": {},
                       "alpha_star": [1.0] * n, "history": []}
 
     def _strategy(self, stage: str) -> CMAES:
@@ -56,14 +56,13 @@ class EvoMerge:
         return list(self.state["alpha_star"]), x.tolist()
 
     def run(self, evaluate_many, on_generation=None) -> dict:
-        """Run (or continue, after ``load_state``) both stages; ``on_generation(state)``
-        is called after each generation, e.g. to save a resume file."""
+        """Run both stages; ``on_generation(state)`` is called after each generation
+        (progress, or saving the losses a resumed run replays: the search is a pure
+        function of its seed and the losses it is told)."""
         st = self.state
         while st["stage_index"] < len(self.stages):
             stage = self.stages[st["stage_index"]]
             es = self._strategy(stage)
-            if st["es"] is not None:
-                es.load_state_dict(st["es"])
             while st["stage_queries"] + self.popsize <= self.budgets[stage]:
                 X = np.asarray(es.ask().points(), dtype=np.float64)
                 pairs = [self._controls(stage, x) for x in X]
@@ -80,12 +79,11 @@ class EvoMerge:
                                          "alpha": list(pairs[i][0]), "beta": list(pairs[i][1])}
                 st["history"].append({"stage": stage, "queries": st["queries"], "min_loss": float(losses.min()),
                                       "best_fitness": st["best"][stage]["fitness"]})
-                st["es"] = es.state_dict()
                 if on_generation:
                     on_generation(st)
             if stage == "alpha" and "alpha" in st["best"]:
                 st["alpha_star"] = st["best"]["alpha"]["alpha"]
-            st.update(stage_index=st["stage_index"] + 1, es=None, stage_queries=0)
+            st.update(stage_index=st["stage_index"] + 1, stage_queries=0)
             if on_generation:
                 on_generation(st)
         return self.result()
@@ -99,6 +97,3 @@ class EvoMerge:
         return {"alpha": top["alpha"], "beta": top["beta"], "loss": top["loss"], "fitness": top["fitness"],
                 "stage": stage, "queries": self.state["queries"], "stages": dict(best),
                 "history": self.state["history"]}
-
-    def load_state(self, state: dict) -> None:
-        self.state = state
