@@ -40,7 +40,7 @@ def loss_fn(model, b):
 
 
 HDET_KW = dict(max_lr=[0.3, 0.1], total_steps=TOTAL, spread=0.4, sync_every=T, auto_lr_start=START,
-               temperature=0.01, perm_seed=7, lr_floor=[0.03, 0.01])
+               temperature=0.01, perm_seed=7, lr_floor=[0.03, 0.01], init_noise=0.01)   # HDET full: warm noisy init
 
 
 def flat(model):
