@@ -258,3 +258,31 @@ def test_vector_strategy_checkpoint_roundtrip():
         spec = e.ask()
         e.tell((spec.points() ** 2).sum(1))
     assert torch.equal(es.mean, es2.mean)
+
+
+def test_cuda_dispatch_branch_equals_the_cpu_layers(monkeypatch):
+    """On CUDA tensors ``population_linear`` hands each member's rank-r term to ``kernels.lowrank_correction``
+    (the fused kernel). Run that branch here, on the kernel's CPU reference, against the CPU layers."""
+    import zoopt.eggroll.layers as layers
+
+    torch.manual_seed(2)
+    model = TinyRNN()
+    opt = EGGROLL(model, popsize=6, rank=2, sigma=0.3, seed=5)
+    tokens = torch.randint(0, 11, (2, 4))
+    with torch.no_grad():
+        with opt.population(shared=tokens):
+            ref_shared = model(tokens)
+        with opt.population([0, 1, 3]):
+            ref_rows = model(tokens.repeat(3, 1))
+    calls = []
+    real = layers.lowrank_correction
+    monkeypatch.setattr(layers, "fuses", lambda device, dtype, r: True)
+    monkeypatch.setattr(layers, "lowrank_correction", lambda *a, **k: calls.append(a[3]) or real(*a, **k))
+    with torch.no_grad():
+        with opt.population(shared=tokens):
+            got_shared = model(tokens)
+        with opt.population([0, 1, 3]):
+            got_rows = model(tokens.repeat(3, 1))
+    assert torch.allclose(got_shared, ref_shared, atol=1e-5) and torch.allclose(got_rows, ref_rows, atol=1e-5)
+    assert set(calls) >= {opt.plan.params[i].tensor_id for i, pp in enumerate(opt.plan.params)
+                          if pp.name in ("proj.weight", "gru.weight_hh_l1", "head.weight")}

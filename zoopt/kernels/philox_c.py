@@ -140,13 +140,6 @@ def philox_planes(out: torch.Tensor, pairs: torch.Tensor, first: int, tensor_id:
     return out
 
 
-def philox_uniforms(pairs: torch.Tensor, first: int, nblocks: int, tensor_id: int, generation: int,
-                    k0: int, k1: int) -> torch.Tensor:
-    """Uniforms ``[4, len(pairs), nblocks]`` (float32, CPU; word-major) of blocks ``first .. first+nblocks``."""
-    out = torch.empty(4, torch.as_tensor(pairs).numel(), nblocks, dtype=torch.float32)
-    return philox_planes(out, torch.as_tensor(pairs), first, tensor_id, generation, k0, k1)
-
-
 def polar_interleave(z: torch.Tensor, radius: torch.Tensor, cs: torch.Tensor) -> torch.Tensor:
     """``z [P, B, 4]`` (rows may be strided, each row contiguous) gets ``radius[j] * cs[k, j]`` at
     lane ``2j + k``; ``radius [2, P, B]`` and ``cs [2, 2, P, B]`` contiguous float32."""
