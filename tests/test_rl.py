@@ -9,6 +9,7 @@ import torch
 gym = pytest.importorskip("gymnasium")
 
 import zoopt  # noqa: E402
+from conftest_ray import ray_cluster  # noqa: E402,F401
 from zoopt.problems.gym import GymProblem, RunningStats, episode_seeds, run_episodes  # noqa: E402
 from zoopt.problems.policies import (Policy, PolicyConfig, dequantize, load_policy, quantize,  # noqa: E402
                                      save_policy)
@@ -368,3 +369,39 @@ def test_rl_eval_on_a_broken_policy_names_the_file(tmp_path, capsys, breakage, n
     breakage(path)
     msg = _message(["rl-eval", str(path), "--episodes", "1"], capsys)
     assert needle in msg and "\n" not in msg.strip()
+
+
+def test_rl_on_two_ray_actors_equals_one_worker_for_every_method(ray_cluster, tmp_path):
+    """``zoopt rl --workers 2`` takes the same generations as ``--workers 1``: same records, same final policy
+    and normalizer; through the CLI for one method, then every method on one pair of actors kept across runs."""
+    from zoopt.cli import main
+    from zoopt.rl import train_rl
+    from zoopt.workers.ray_evaluator import RayEvaluator
+
+    drop = ("seconds", "steps_per_s", "test_seconds")
+
+    def saved(out):
+        records = [{k: v for k, v in json.loads(s).items() if k not in drop} for s in open(out / "metrics.jsonl")]
+        with np.load(out / "final" / "weights.npz") as w:
+            weights = {k: w[k] for k in w.files}
+        return records, weights, json.load(open(out / "final" / "policy.json"))["normalizer"]
+
+    def same(one, two):
+        assert one[0] == two[0] and len(one[0]) >= 1
+        for k in one[1]:
+            np.testing.assert_array_equal(one[1][k], two[1][k])
+        assert one[2] == two[2]
+
+    runs = {}
+    for workers in (1, 2):
+        out = tmp_path / f"cli{workers}"
+        assert main(["rl", "CartPole-v1", "--budget", "600", "--popsize", "8", "--policy", "mlp", "--hidden", "4",
+                     "--eval-episodes", "2", "--workers", str(workers), "--no-progress", "--out", str(out)]) == 0
+        runs[workers] = saved(out)
+    same(runs[1], runs[2])
+    with RayEvaluator(2, actor_config={"num_cpus": 1}) as actors:
+        for method in ("cma_es", "sep_cma_es", "eggroll", "polystep", "random"):
+            for workers, evaluator in ((1, None), (2, actors)):
+                train_rl("CartPole-v1", method, budget=600, popsize=8, policy="mlp", hidden=(4,), eval_episodes=2,
+                         out=str(tmp_path / f"{method}{workers}"), evaluator=evaluator)
+            same(saved(tmp_path / f"{method}1"), saved(tmp_path / f"{method}2"))

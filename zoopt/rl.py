@@ -96,13 +96,15 @@ def train_rl(env_id: str, method: str = "openai_es", *, budget: int = 200_000, p
              obs_norm: bool = True, gamma: float = 1.0, action_penalty: float = 0.0, alive_penalty: float = 0.0,
              eval_every: int = 1, eval_episodes: int = 10, eval_every_steps: Optional[int] = None,
              target: Optional[float] = None, out: Optional[str] = None, force: bool = False, progress: bool = False,
-             strategy_options: Optional[dict] = None, env_kwargs: Optional[dict] = None) -> dict:
+             strategy_options: Optional[dict] = None, env_kwargs: Optional[dict] = None, evaluator=None) -> dict:
     """Search a policy for ``env_id`` with ``method`` within ``budget`` env steps (or until ``target``
     is reached by the center's test return). Returns a summary with the per-generation history.
 
     The center is tested every ``eval_every`` generations, or, with
     ``eval_every_steps``, whenever the env steps cross a multiple of it.
     ``out`` is a run folder; one that already holds a run is replaced only with ``force``.
+    ``evaluator`` (an evaluator object, e.g. a ``RayEvaluator`` kept across runs) replaces the one
+    ``workers``/``backend`` would start; it is not closed here.
     """
     from tqdm.auto import tqdm
 
@@ -134,7 +136,9 @@ def train_rl(env_id: str, method: str = "openai_es", *, budget: int = 200_000, p
 
             prepare_run_dir(out, {**meta, "budget": budget, "policy": policy, "hidden": list(hidden),
                                   "quant": quant}, force=force)
-        evaluator = make_rl_evaluator(workers, backend, address)
+        owned = evaluator is None
+        if owned:
+            evaluator = make_rl_evaluator(workers, backend, address)
     except BaseException:
         problem.close()
         raise
@@ -196,7 +200,7 @@ def train_rl(env_id: str, method: str = "openai_es", *, budget: int = 200_000, p
     finally:
         bar.close()
         problem.close()
-        if hasattr(evaluator, "close"):
+        if owned and hasattr(evaluator, "close"):
             evaluator.close()
     seconds = time.perf_counter() - start
     summary = {"best": best, "env_steps": problem.env_steps, "budget": budget, "stop": stop,
