@@ -135,3 +135,18 @@ def test_explicit_floor_and_no_used_sync():
     assert ens.lr_floor == [1e-3, 2e-4]
     late, _ = _ensemble(total=50, start=46)            # the only sync left is at t = total: no decay
     assert late.num_controller_syncs == 0 and late.controller.decay.tolist() == [0.0, 0.0]
+
+
+def test_scalar_only_exploration_keeps_the_onecycle_lr():
+    """LR spread 0 with an explored scalar: the scalar's controller runs, the LR stays OneCycle."""
+    from zoopt.hdet import ExploredScalar
+
+    scalar = ExploredScalar("x", 1.0, lambda value: None, spread=0.3, temperature=0.01)
+    curve = OneCycleCurve(1, 0.1, total_steps=40)
+    ens = EnsembleSchedule(4, curve, spread=0.0, sync_every=5, auto_lr_start=0, hyperparams=[scalar])
+    for t in range(39):
+        assert ens.lrs()[:, 0].tolist() == pytest.approx([curve.lr(t)[0]] * 4, rel=1e-12)
+        used, values = ens.lrs(), scalar.values()[:, 0]
+        if ens.advance() and ens.controller_active():
+            ens.controller_sync(used, -values)                 # a higher value gives a lower loss
+    assert scalar.base > 1.05
