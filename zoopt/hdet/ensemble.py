@@ -142,9 +142,6 @@ class EnsembleSchedule:
             raise ValueError(f"tried to step {self.t} times; the cycle has total_steps={self.curve.total_steps}")
         return self.t % self.sync_every == 0
 
-    def needs_losses(self) -> bool:
-        return self.controller_active()
-
     def controller_sync(self, lrs_used: torch.Tensor, train_losses: torch.Tensor,
                         heldout_losses: torch.Tensor | None = None) -> dict:
         """Auto-LR step at a sync (call only when :meth:`controller_active`), then redraw π."""
