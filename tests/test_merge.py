@@ -223,7 +223,7 @@ def test_materialize_returns_a_peft_adapter(service, tmp_path):
 
     config, factors = read_adapter(str(tmp_path))
     expected = merge_factors(service["pool"], [1, 0.5, 1, 1], [0.3, 0.2, -0.1, 0.4])
-    assert config["r"] == 4 and set(factors) == set(expected)
+    assert config.r == 4 and set(factors) == set(expected)
     for m in expected:
         assert torch.equal(factors[m][0], expected[m][0]) and torch.equal(factors[m][1], expected[m][1])
 

@@ -101,13 +101,17 @@ def encode_examples(tokenizer, records: list, template: str = PROMPT_FIELD, max_
 class SlotModel:
     """A base model with ``slots`` persistent LoRA adapters named slot0..slotK-1."""
 
-    def __init__(self, base, lora_config: dict, slots: int = 8, rows_per_forward: int = 64):
-        from peft import LoraConfig, get_peft_model
+    def __init__(self, base, lora_config, slots: int = 8, rows_per_forward: int = 64):
+        """``lora_config``: the pool's ``peft.LoraConfig`` (or a dict of its fields)."""
+        from peft import get_peft_model
+
+        from .pool import lora_config as as_lora_config
 
         if slots < 1:
             raise ValueError(f"slots must be >= 1, got {slots}")
-        keep = {k: lora_config[k] for k in ("r", "lora_alpha", "target_modules") if k in lora_config}
-        config = LoraConfig(**keep, lora_dropout=0.0, bias="none")
+        # the base the merged adapters belong to, for their base_model_name_or_path
+        self.base_name = getattr(base.config, "_name_or_path", "") or None
+        config = as_lora_config(lora_config, lora_dropout=0.0, inference_mode=True)
         self.model = get_peft_model(base, config, adapter_name="slot0")
         for k in range(1, slots):
             self.model.add_adapter(f"slot{k}", config)

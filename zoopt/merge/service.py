@@ -281,7 +281,8 @@ def create_app(slot_model, pool, tokenizer, token: str | None, presets: dict | N
             factors = merge_factors(session["pool"], c.alpha, c.beta, mask=c.mask, sparsify_b=c.sparsify_b)
             buf = io.BytesIO()
             with tempfile.TemporaryDirectory() as tmp:
-                save_adapter(tmp, session["pool"].config, factors)
+                save_adapter(tmp, session["pool"].config, factors,
+                             base_model=session["pool"].config.base_model_name_or_path or slot_model.base_name)
                 with zipfile.ZipFile(buf, "w") as zf:
                     for name in sorted(os.listdir(tmp)):
                         zf.write(os.path.join(tmp, name), name)

@@ -1,8 +1,11 @@
-"""White-box merging references computed on the server side: TIES and DARE
-over the adapters' dense updates ``dW_i = scaling * B_i A_i``. They need the
-weights, so a black-box user cannot run them; the benchmark uses them as
-references. Dense updates are built one module at a time to bound memory."""
+"""White-box merging references computed on the server side: TIES and DARE over
+the adapters' dense updates ``dW_i = scaling * B_i A_i``, through PEFT's own merge
+utilities (``peft.utils.merge_utils``). They need the weights, so a black-box
+user cannot run them; the benchmark uses them as references. Dense updates are
+built one module at a time to bound memory."""
 from __future__ import annotations
+
+import warnings
 
 import torch
 
@@ -12,36 +15,28 @@ def task_vectors(pool, module: str) -> torch.Tensor:
     return pool.scaling * torch.einsum("nor,nri->noi", pool.B[module], pool.A[module])
 
 
-def trim_topk(tv: torch.Tensor, density: float) -> torch.Tensor:
-    """Keep each task's top ``density`` fraction of entries by magnitude."""
-    if density >= 1:
-        return tv
-    flat = tv.reshape(tv.shape[0], -1)
-    k = max(1, int(round(density * flat.shape[1])))
-    # the k-th largest is the (numel - k + 1)-th smallest; kthvalue is linear time, topk(k) is not
-    tau = flat.abs().kthvalue(flat.shape[1] - k + 1, dim=1, keepdim=True).values
-    return (flat * (flat.abs() >= tau)).reshape(tv.shape)
-
-
 def ties(pool, density: float, scale: float = 1.0) -> dict:
-    """TIES: trim, elect the sign of the summed trimmed updates, disjoint mean."""
-    out = {}
-    for m in pool.modules:
-        trimmed = trim_topk(task_vectors(pool, m), density)
-        sign = torch.sign(trimmed.sum(0))
-        agree = (torch.sign(trimmed) == sign) & (trimmed != 0)
-        out[m] = scale * (trimmed * agree).sum(0) / agree.sum(0).clamp(min=1)
-    return out
+    """TIES (PEFT's ``ties``): keep each update's top ``density`` by magnitude, elect
+    the sign of the sum, average the agreeing entries; times ``scale``."""
+    from peft.utils.merge_utils import ties as peft_ties
+
+    if not 0 < density <= 1:
+        raise ValueError(f"density must be in (0, 1], got {density}")
+    ones = torch.ones(pool.size)
+    with warnings.catch_warnings():  # PEFT warns that density 1 prunes nothing, which is the point
+        warnings.simplefilter("ignore", UserWarning)
+        return {m: scale * peft_ties(list(task_vectors(pool, m)), ones, density) for m in pool.modules}
 
 
 def dare(pool, drop: float, scale: float = 1.0, seed: int = 0) -> dict:
-    """DARE: drop entries with probability ``drop``, rescale survivors by 1/(1-drop), sum."""
+    """DARE (PEFT's ``dare_linear``): drop entries with probability ``drop``, rescale
+    the survivors by 1/(1-drop), sum; times ``scale``. PEFT draws from torch's global
+    RNG, so the draw runs under a forked RNG seeded with ``seed`` (the caller's RNG is untouched)."""
+    from peft.utils.merge_utils import dare_linear
+
     if not 0 <= drop < 1:
         raise ValueError(f"drop must be in [0, 1), got {drop}")
-    g = torch.Generator().manual_seed(seed)
-    out = {}
-    for m in pool.modules:
-        tv = task_vectors(pool, m)
-        keep = torch.rand(tv.shape, generator=g) >= drop
-        out[m] = scale * (tv * keep).sum(0) / (1.0 - drop)
-    return out
+    ones = torch.ones(pool.size)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return {m: scale * dare_linear(list(task_vectors(pool, m)), ones, 1.0 - drop) for m in pool.modules}
