@@ -1,17 +1,19 @@
-"""Black-box benchmark: 100-D sphere, Rosenbrock and Rastrigin.
+"""Black-box benchmark: sphere, Rosenbrock and Rastrigin at 20 and 100 dimensions.
 
-zoopt's OpenAI-ES and random search vs pycma (CMA-ES and sep-CMA-ES) and
-nevergrad (its NGOpt wizard and its CMA) at equal evaluation budgets and seeds.
-Prints final values and wall time with ratios to zoopt's OpenAI-ES, writes
-JSON and a PNG of the final values.
+``zoopt.minimize``'s default method (no ``method=``: CMA-ES up to 100-D,
+sep-CMA-ES above, see ``zoopt.run.default_method``), zoopt's OpenAI-ES and
+random search vs pycma (CMA-ES and sep-CMA-ES) and nevergrad (its NGOpt wizard
+and its DiagonalCMA) at equal evaluation budgets and seeds. zoopt's default and
+pycma both stop early when pycma's default stop conditions hold (the budget
+is then not spent). Prints final values, evaluations and wall time with ratios
+to zoopt's default, writes JSON and a PNG of the final values.
 
-    python scripts/bench_blackbox.py                 # CPU size: budget 20,000, 3 seeds
-    python scripts/bench_blackbox.py --full          # budget 100,000, 5 seeds
+    python scripts/bench_blackbox.py                 # CPU size: budget 100 x dim, 2 seeds
+    python scripts/bench_blackbox.py --full          # budget 1,000 x dim, 5 seeds
 """
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import time
 
@@ -24,6 +26,8 @@ import numpy as np
 import torch
 
 import zoopt
+from zoopt import atomic
+from zoopt.run import default_method
 
 
 def sphere(x):
@@ -42,10 +46,11 @@ FUNCTIONS = {"sphere": (sphere, 3.0), "rosenbrock": (rosenbrock, 0.0), "rastrigi
 
 
 def run_zoopt(method, fn, x0, budget, seed):
-    opts = {"openai_es": dict(popsize=100, sigma=0.1, lr=0.05),
+    """``method=None`` is minimize's default, with its default options."""
+    opts = {None: {}, "openai_es": dict(popsize=100, sigma=0.1, lr=0.05),
             "random": dict(popsize=100, sigma=1.0)}[method]
     r = zoopt.minimize(fn, x0, method=method, budget=budget, seed=seed, **opts)
-    return r.fun
+    return r.fun, r.nfev
 
 
 def run_pycma(fn, x0, budget, seed, diagonal):
@@ -59,7 +64,7 @@ def run_pycma(fn, x0, budget, seed, diagonal):
         f = fn(np.asarray(X))
         es.tell(X, f.tolist())
         best = min(best, float(f.min()))
-    return best
+    return best, es.countevals
 
 
 def run_nevergrad(fn, x0, budget, seed, name):
@@ -74,19 +79,24 @@ def run_nevergrad(fn, x0, budget, seed, name):
         f = float(fn(cand.value[None, :])[0])
         opt.tell(cand, f)
         best = min(best, f)
-    return best
+    return best, budget
 
 
-def peers(args):
-    out = {"zoopt OpenAI-ES": lambda fn, x0, s: run_zoopt("openai_es", fn, x0, args.budget, s),
-           "zoopt random": lambda fn, x0, s: run_zoopt("random", fn, x0, args.budget, s),
-           "pycma CMA-ES": lambda fn, x0, s: run_pycma(fn, x0, args.budget, s, False),
-           "pycma sep-CMA-ES": lambda fn, x0, s: run_pycma(fn, x0, args.budget, s, True)}
+REF = "zoopt default"
+
+
+def peers():
+    """name -> runner(fn, x0, budget, seed) -> (best value, evaluations spent)."""
+    out = {REF: lambda fn, x0, b, s: run_zoopt(None, fn, x0, b, s),
+           "zoopt OpenAI-ES": lambda fn, x0, b, s: run_zoopt("openai_es", fn, x0, b, s),
+           "zoopt random": lambda fn, x0, b, s: run_zoopt("random", fn, x0, b, s),
+           "pycma CMA-ES": lambda fn, x0, b, s: run_pycma(fn, x0, b, s, False),
+           "pycma sep-CMA-ES": lambda fn, x0, b, s: run_pycma(fn, x0, b, s, True)}
     try:
         import nevergrad  # noqa: F401
 
-        out["nevergrad NGOpt"] = lambda fn, x0, s: run_nevergrad(fn, x0, args.budget, s, "NGOpt")
-        out["nevergrad DiagonalCMA"] = lambda fn, x0, s: run_nevergrad(fn, x0, args.budget, s, "DiagonalCMA")
+        out["nevergrad NGOpt"] = lambda fn, x0, b, s: run_nevergrad(fn, x0, b, s, "NGOpt")
+        out["nevergrad DiagonalCMA"] = lambda fn, x0, b, s: run_nevergrad(fn, x0, b, s, "DiagonalCMA")
     except ImportError:
         print("nevergrad is not installed (pip install 'zoopt-engine[bench]'); skipping it")
     return out
@@ -94,44 +104,70 @@ def peers(args):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--dim", type=int, default=100)
-    ap.add_argument("--budget", type=int, default=20_000)
-    ap.add_argument("--seeds", type=int, default=3)
-    ap.add_argument("--full", action="store_true", help="budget 100,000 and 5 seeds")
+    ap.add_argument("--dims", type=int, nargs="+", default=[20, 100])
+    ap.add_argument("--budget-per-dim", type=int, default=100, help="evaluation budget = this x dim")
+    ap.add_argument("--seeds", type=int, default=2)
+    ap.add_argument("--full", action="store_true", help="budget 1,000 x dim and 5 seeds")
     ap.add_argument("--functions", nargs="+", default=list(FUNCTIONS), choices=list(FUNCTIONS))
+    ap.add_argument("--methods", nargs="+", default=None, help="a subset of the method names")
     ap.add_argument("--out", default="runs/bench_blackbox")
     args = ap.parse_args()
     if args.full:
-        args.budget, args.seeds = 100_000, 5
+        args.budget_per_dim, args.seeds = 1000, 5
     torch.set_num_threads(1)
     zoopt.OpenAIES(dim=2)  # warm-up: torch.optim's first construction imports torch._dynamo (seconds)
+    zoopt.CMAES(dim=2)     # and pycma's first import, so neither is charged to the first method timed
     os.makedirs(args.out, exist_ok=True)
-    methods = peers(args)
+    methods = {k: v for k, v in peers().items() if args.methods is None or k in args.methods}
     results = {}
-    for fname in args.functions:
-        fn, start = FUNCTIONS[fname]
-        x0 = np.full(args.dim, start)
-        for mname, runner in methods.items():
-            vals, secs = [], []
-            for seed in range(args.seeds):
-                t = time.perf_counter()
-                vals.append(float(runner(fn, x0, seed)))
-                secs.append(time.perf_counter() - t)
-            results[(fname, mname)] = {"final_mean": float(np.mean(vals)), "final_std": float(np.std(vals)),
-                                       "seconds": float(np.mean(secs)), "values": vals}
-            print(f"  {fname:10s} {mname:22s} {np.mean(vals):12.4g} ± {np.std(vals):.3g}   {np.mean(secs):7.2f} s",
-                  flush=True)
-    ref = "zoopt OpenAI-ES"
-    header = f"{'function':10s} {'method':22s} {'final (mean±std)':>22s} {'time s':>8s} {'time / ours':>11s}"
-    print(f"\n{args.dim}-D, budget {args.budget} evaluations, {args.seeds} seeds\n{header}\n{'-' * len(header)}")
-    for (fname, mname), r in results.items():
-        ratio = r["seconds"] / results[(fname, ref)]["seconds"]
-        print(f"{fname:10s} {mname:22s} {r['final_mean']:12.4g} ± {r['final_std']:<8.3g} {r['seconds']:8.2f} {ratio:11.2f}")
-    payload = {"dim": args.dim, "budget": args.budget, "seeds": args.seeds,
-               "results": [{"function": f, "method": m, **r} for (f, m), r in results.items()]}
-    with open(os.path.join(args.out, "results.json"), "w") as fh:
-        json.dump(payload, fh, indent=1)
+    for dim in args.dims:
+        budget = args.budget_per_dim * dim
+        for fname in args.functions:
+            fn, start = FUNCTIONS[fname]
+            x0 = np.full(dim, start)
+            for mname, runner in methods.items():
+                vals, evals, secs, errors = [], [], [], []
+                for seed in range(args.seeds):
+                    t = time.perf_counter()
+                    try:
+                        best, nfev = runner(fn, x0, budget, seed)
+                    except Exception as exc:  # a peer's own bug (e.g. nevergrad's MetaModel on numpy 2) is a result
+                        best, nfev = float("nan"), 0
+                        errors.append(f"seed {seed}: {type(exc).__name__}: {str(exc).splitlines()[0][:120]}")
+                        print(f"  {mname} failed on {fname} {dim}-D, {errors[-1]}", flush=True)
+                    secs.append(time.perf_counter() - t)
+                    vals.append(float(best))
+                    evals.append(int(nfev))
+                results[(dim, fname, mname)] = {
+                    "budget": budget, "final_mean": float(np.mean(vals)), "final_std": float(np.std(vals)),
+                    "evals_mean": float(np.mean(evals)), "seconds": float(np.mean(secs)), "values": vals,
+                    "errors": errors}
+                print(f"  {dim:4d}-D {fname:10s} {mname:22s} {np.mean(vals):12.4g} ± {np.std(vals):<9.3g}"
+                      f" {np.mean(evals):8.0f} evals {np.mean(secs):7.2f} s", flush=True)
+    header = (f"{'dim':>4s} {'function':10s} {'method':22s} {'final (mean ± std)':>24s} {'evals':>8s} "
+              f"{'time s':>8s} {'time / default':>14s}")
+    print(f"\nbudget {args.budget_per_dim} x dim evaluations, {args.seeds} seeds\n{header}\n{'-' * len(header)}")
+    for (dim, fname, mname), r in results.items():
+        ref = results.get((dim, fname, REF))
+        ratio = f"{r['seconds'] / ref['seconds']:14.2f}" if ref else f"{'':14s}"
+        print(f"{dim:4d} {fname:10s} {mname:22s} {r['final_mean']:12.4g} ± {r['final_std']:<9.3g} "
+              f"{r['evals_mean']:8.0f} {r['seconds']:8.2f} {ratio}")
+    payload = {"dims": args.dims, "budget_per_dim": args.budget_per_dim, "seeds": args.seeds,
+               "default_method": {str(d): default_method(d) for d in args.dims},
+               "results": [{"dim": d, "function": f, "method": m, **r} for (d, f, m), r in results.items()]}
+    atomic.write_json(os.path.join(args.out, "results.json"), _nan_to_none(payload), indent=1)
     plot(results, args)
+
+
+def _nan_to_none(obj):
+    """JSON has no NaN: a failed run's value is null."""
+    if isinstance(obj, float) and obj != obj:
+        return None
+    if isinstance(obj, dict):
+        return {k: _nan_to_none(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_nan_to_none(v) for v in obj]
+    return obj
 
 
 def plot(results, args):
@@ -140,16 +176,19 @@ def plot(results, args):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(args.functions), figsize=(5 * len(args.functions), 4), squeeze=False)
-    for ax, fname in zip(axes[0], args.functions):
-        names = [m for (f, m) in results if f == fname]
-        vals = [max(results[(fname, m)]["final_mean"], 1e-12) for m in names]
-        ax.barh(names, vals)
-        ax.set_xscale("log")
-        ax.set_title(f"{fname} ({args.dim}-D, {args.budget} evals)")
+    fig, axes = plt.subplots(len(args.dims), len(args.functions), figsize=(5 * len(args.functions),
+                             3.5 * len(args.dims)), squeeze=False)
+    for row, dim in zip(axes, args.dims):
+        for ax, fname in zip(row, args.functions):
+            names = [m for (d, f, m) in results if f == fname and d == dim]
+            vals = [max(np.nan_to_num(results[(dim, fname, m)]["final_mean"], nan=0.0), 1e-12) for m in names]
+            ax.barh(names, vals)
+            ax.set_xscale("log")
+            ax.set_title(f"{fname} ({dim}-D, {args.budget_per_dim * dim} evals)")
     fig.tight_layout()
     path = os.path.join(args.out, "final_values.png")
-    fig.savefig(path, dpi=110)
+    with atomic.atomic_open(path, "wb") as fh:
+        fig.savefig(fh, format="png", dpi=110)
     print(f"wrote {path} and results.json")
 
 
