@@ -176,3 +176,35 @@ void polar_interleave(float *z, int64_t row_stride, const float *radius, const f
         }
     }
 }
+
+/* Keyed int8 noise (zoopt/kernels/int_noise.py): element e of row p is word e % 4 of block e / 4,
+   mapped through the ascending thresholds: value = #{j : table[j] <= x >> 8} - clip. Integers only,
+   so it equals the numpy reference bit for bit. out is [npairs, numel] int8. */
+void philox_int8(int8_t *out, const int64_t *pairs, int64_t npairs, int64_t start, int64_t numel,
+                 uint32_t tid, uint32_t gen, uint32_t k0, uint32_t k1, const uint32_t *table, int ntable,
+                 int clip) {
+    uint32_t c[4][TILE];
+    static __thread uint8_t below[1 << 16];   /* below[h] = #{j : table[j] <= h << 8}: a start for the count */
+    for (int h = 0, j = 0; h < (1 << 16); ++h) {
+        while (j < ntable && table[j] <= ((uint32_t)h << 8)) ++j;
+        below[h] = (uint8_t)j;
+    }
+    const int64_t first = start / 4, last = (start + numel + 3) / 4;
+    for (int64_t p = 0; p < npairs; ++p) {
+        int8_t *row = out + p * numel;
+        for (int64_t b0 = first; b0 < last; b0 += TILE) {
+            int64_t n = last - b0 < TILE ? last - b0 : TILE;
+            philox_tile(c[0], c[1], c[2], c[3], b0, tid, gen, (uint32_t)pairs[p], k0, k1);
+            for (int64_t j = 0; j < n; ++j) {
+                for (int w = 0; w < 4; ++w) {
+                    int64_t e = 4 * (b0 + j) + w - start;
+                    if (e < 0 || e >= numel) continue;
+                    uint32_t y = c[w][j] >> 8;
+                    int count = below[y >> 8];   /* thresholds in (h << 8, y] are few: count them on */
+                    while (count < ntable && table[count] <= y) ++count;
+                    row[e] = (int8_t)(count - clip);
+                }
+            }
+        }
+    }
+}

@@ -237,3 +237,18 @@ def test_bench_script_refuses_cpu_clearly(capsys):
     main = runpy.run_path(str(script), run_name="bench_kernels")["main"]
     assert main([]) == 1
     assert "Nothing was measured" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("scale,clip,start,numel", [(16.0, 127, 0, 4096), (2.0, 3, 9, 13), (0.3, 1, 5, 999),
+                                                    (100.0, 127, 3, 7)])
+def test_int_noise_compiled_torch_and_numpy_agree(monkeypatch, scale, clip, start, numel):
+    from zoopt.kernels import philox_c
+    if not philox_c.available():
+        pytest.skip("no C compiler")
+    pairs = [0, 5, 2 ** 32 - 1]
+    ref = K.int_noise_numpy(SEED, TID, GEN, pairs, numel, start, scale, clip)
+    compiled = K.int_noise(SEED, TID, GEN, pairs, numel, start, scale, clip)
+    monkeypatch.setenv("ZOOPT_NO_CEXT", "1")   # the torch implementation
+    plain = K.int_noise(SEED, TID, GEN, pairs, numel, start, scale, clip)
+    np.testing.assert_array_equal(compiled.numpy(), ref)
+    np.testing.assert_array_equal(plain.numpy(), ref)

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from . import backend as _backend
+from . import philox_c
 from .noise import _block_range, _check_key, _pairs_array
 from .philox import MASK32, philox_numpy, philox_torch
 
@@ -76,6 +77,9 @@ def int_noise_torch(seed: int, tensor_id: int, generation: int, pairs, numel: in
     table = torch.as_tensor(int_thresholds(scale, clip).astype(np.int64), device=device)
     pair_arr = _pairs_array(pairs)
     first, last, offset = _block_range(start, numel)
+    if device.type == "cpu" and philox_c.available():   # the same integer steps, compiled
+        return philox_c.int8_noise(torch.from_numpy(pair_arr), start, numel, tensor_id, generation,
+                                   seed & MASK32, seed >> 32, table, clip)
     blocks = torch.arange(first, last, dtype=torch.int64, device=device)[None, :]
     pair_t = torch.as_tensor(pair_arr, dtype=torch.int64, device=device)[:, None]
     tid = torch.tensor(tensor_id, dtype=torch.int64, device=device)

@@ -1,4 +1,5 @@
-"""A compiled CPU path for the Philox words and their uniforms (bit-identical to :mod:`.philox`).
+"""A compiled CPU path for the Philox words, their uniforms and keyed int8 noise (bit-identical to
+:mod:`.philox` and :mod:`.int_noise`).
 
 The torch implementation spends ~120 memory-bound int64 passes per block; a
 plain C loop does the same arithmetic in registers, ~20x faster on CPU. The
@@ -74,6 +75,10 @@ def _build() -> ctypes.CDLL | None:
     lib.philox_planes.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64,
                                   ctypes.c_int64, ctypes.c_uint32, ctypes.c_uint32, ctypes.c_uint32,
                                   ctypes.c_uint32, ctypes.c_void_p, ctypes.c_void_p]
+    lib.philox_int8.restype = None
+    lib.philox_int8.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64,
+                                ctypes.c_uint32, ctypes.c_uint32, ctypes.c_uint32, ctypes.c_uint32, ctypes.c_void_p,
+                                ctypes.c_int, ctypes.c_int]
     lib.philox_simd.restype = ctypes.c_int
     lib.philox_simd.argtypes = [ctypes.c_int]
     lib.polar_interleave.restype = None
@@ -137,6 +142,20 @@ def philox_planes(out: torch.Tensor, pairs: torch.Tensor, first: int, tensor_id:
     if out.numel():
         _lib.philox_planes(out.data_ptr(), pairs.data_ptr(), pairs.numel(), first, out.shape[2],
                            tensor_id, generation, k0, k1, order_t.data_ptr(), mult_t.data_ptr())
+    return out
+
+
+def int8_noise(pairs: torch.Tensor, start: int, numel: int, tensor_id: int, generation: int, k0: int, k1: int,
+               table: torch.Tensor, clip: int) -> torch.Tensor:
+    """Keyed int8 noise ``[len(pairs), numel]`` on the CPU (see :mod:`.int_noise`; ``table`` int32 thresholds)."""
+    if not available():
+        raise RuntimeError("the compiled Philox library is not available (no C compiler, or ZOOPT_NO_CEXT set)")
+    pairs = pairs.to(device="cpu", dtype=torch.int64).contiguous()
+    table = table.to(torch.int32).contiguous()
+    out = torch.empty(pairs.numel(), numel, dtype=torch.int8)
+    if out.numel():
+        _lib.philox_int8(out.data_ptr(), pairs.data_ptr(), pairs.numel(), start, numel, tensor_id, generation,
+                         k0, k1, table.data_ptr(), table.numel(), clip)
     return out
 
 
