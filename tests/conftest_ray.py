@@ -6,9 +6,9 @@ import pytest
 def ray_cluster():
     """A private local cluster with 2 CPUs, shut down at the end of the session if this fixture started it."""
     ray = pytest.importorskip("ray")
-    from zoopt.workers.ray_cluster import connect
+    from zoopt.workers.ray_cluster import connect, shutdown
 
     started = connect(None, num_cpus=2)
     yield ray
-    if started and ray.is_initialized():
-        ray.shutdown()
+    if started:
+        shutdown()

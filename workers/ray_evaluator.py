@@ -71,7 +71,7 @@ from ray.exceptions import GetTimeoutError, ObjectLostError, RayActorError
 from zoopt.spec import member_index
 
 from .ray_actor import EvaluationActor
-from .ray_cluster import cluster_counts, connect
+from .ray_cluster import cluster_counts, connect, shutdown
 
 ACTOR_FAULTS = (RayActorError, ObjectLostError, GetTimeoutError)
 NUM_ACTORS_WORDS = ("max", "num_cpus", "num_gpus")
@@ -556,8 +556,8 @@ class RayEvaluator:
             except Exception:
                 pass
         self._slots, self._problem, self._problem_box, self._payload = [], None, None, None
-        if self.started_ray and ray.is_initialized():
-            ray.shutdown()
+        if self.started_ray:
+            shutdown()
         self.started_ray = False
 
     def __enter__(self):
