@@ -1,16 +1,19 @@
 #!/usr/bin/env python
 """MAX-SAT benchmark on random 3-SAT (m = 4.27 n).
 
-* PolyStep full-space (zoopt.maxsat, reference constants) -- the yardstick;
+* PolyStep full-space (zoopt.maxsat; --preset default or reference) -- the yardstick;
 * OpenAI-ES and sep-CMA-ES (zoopt.OpenAIES; zoopt.CMAES(diagonal=True) for n <= 1e5) on the same
   sign encoding through MaxSATProblem, given PolyStep's number of evaluations
   (capped by --es-seconds of wall time; the table says when the cap bit);
-* WalkSAT-SKC and probSAT (zoopt.walksat) given PolyStep's wall time;
+* probSAT and WalkSAT-SKC compiled from scripts/maxsat_sls.c (built once with the system C
+  compiler, $CC or cc, into a cache folder: $ZOOPT_CACHE or ~/.cache/zoopt), given PolyStep's wall
+  time; where no compiler is found the pure-Python zoopt.walksat runs instead (about 100x fewer
+  flips/s) and the table says so. Flips/s are reported per CPU second and per wall second;
 * RC2 (python-sat) for the optimum where it finishes (n <= 1000, --rc2-timeout).
 
 Every method runs in its own spawned process so that its peak memory
-(getrusage ru_maxrss) is its own. Prints satisfied %, evaluations,
-evaluations/s, time and peak memory; writes JSON + PNG to --out.
+(getrusage ru_maxrss) is its own. Prints satisfied %, evaluations (flips for
+the local searches), evaluations/s, time and peak memory; writes JSON + PNG to --out.
 
     python scripts/bench_maxsat.py                      # n = 100, 1000, 10000 (CPU default)
     python scripts/bench_maxsat.py --sizes 100000       # one size
@@ -19,17 +22,21 @@ evaluations/s, time and peak memory; writes JSON + PNG to --out.
 from __future__ import annotations
 
 import argparse
-import json
+import hashlib
 import multiprocessing as mp
 import os
 import resource
+import shutil
+import subprocess
 import sys
+import tempfile
 import time
 
 SIZES = [100, 1_000, 10_000]
 FULL_SIZES = [100, 1_000, 10_000, 100_000, 1_000_000]
 ES_MAX_N = {"openai_es": 1_000_000, "sep_cma_es": 100_000}   # pycma's sep-CMA stops at 1e5 here
 RC2_MAX_N = 1_000
+SLS_SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "maxsat_sls.c")
 
 
 def peak_rss_mib() -> float:
@@ -47,11 +54,13 @@ def run_polystep(cfg):
     from zoopt.maxsat import PolyStepMaxSAT
 
     inst = make_instance(cfg["n"], cfg["instance_seed"])
-    solver = PolyStepMaxSAT(inst, seed=cfg["seed"], steps=cfg.get("steps"))
+    solver = PolyStepMaxSAT(inst, seed=cfg["seed"], steps=cfg.get("steps"), preset=cfg.get("preset", "default"))
+    c0 = time.process_time()
     res = solver.run()
     return {"satisfied": res.satisfied_fraction, "evaluations": res.evaluations, "seconds": res.seconds,
-            "steps": res.steps, "epsilon": solver.epsilon, "step_radius": solver.step_radius,
-            "probe_radius": solver.probe_radius, "cost_scale": solver.cost_scale}
+            "cpu_seconds": time.process_time() - c0, "steps": res.steps, "preset": solver.preset,
+            "epsilon": solver.epsilon, "step_radius": solver.step_radius, "probe_radius": solver.probe_radius,
+            "cost_scale": solver.cost_scale}
 
 
 def run_es(cfg):
@@ -84,13 +93,77 @@ def run_es(cfg):
     return {"satisfied": rep["satisfied_fraction"], "evaluations": evals, "seconds": seconds, "capped": capped}
 
 
-def run_sls(cfg):
-    from zoopt.walksat import local_search
+def cache_dir() -> str:
+    return os.environ.get("ZOOPT_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser(os.path.join("~", ".cache")), "zoopt")
 
+
+def build_sls(source: str = SLS_SOURCE):
+    """Path of the compiled local search (built on first use, named by the source's hash), or None
+    when there is no C compiler."""
+    with open(source, "rb") as fh:
+        digest = hashlib.sha256(fh.read()).hexdigest()[:16]
+    binary = os.path.join(cache_dir(), f"maxsat_sls-{digest}")
+    if os.path.exists(binary):
+        return binary
+    cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
+    if cc is None:
+        return None
+    os.makedirs(cache_dir(), exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".maxsat_sls-", dir=cache_dir())
+    os.close(fd)
+    try:
+        subprocess.run([cc, "-O2", "-o", tmp, source, "-lm"], check=True, capture_output=True, text=True)
+        os.replace(tmp, binary)   # atomic: a concurrent build never sees half a binary
+    except subprocess.CalledProcessError as exc:
+        os.unlink(tmp)
+        raise RuntimeError(f"{cc} failed on {source}: {exc.stderr.strip()}") from None
+    return binary
+
+
+def run_sls_c(binary: str, inst, method: str, seed: int, seconds: float = 0.0, max_flips: int = 0) -> dict:
+    """Run the compiled probSAT / WalkSAT on ``inst`` (unweighted) and check its claimed cost."""
+    from zoopt.problems.maxsat import parse_solution, write_dimacs
+
+    if inst.is_weighted or inst.is_partial:
+        raise ValueError("the compiled local search takes unweighted CNF only")
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "instance.cnf")
+        write_dimacs(inst, path)
+        out = subprocess.run([binary, path, method, str(seed), str(int(max_flips)), repr(float(seconds))],
+                             check=True, capture_output=True, text=True).stdout
+    info = {}
+    for line in out.splitlines():
+        if line.startswith("c "):
+            key, value = line[2:].split()
+            info[key] = float(value)
+        elif line.startswith("o "):
+            info["cost"] = float(line[2:])
+    assign = parse_solution(out, inst.n_vars)
+    rep = inst.evaluate(assign)
+    if rep["cost"] != info["cost"]:
+        raise RuntimeError(f"{binary} claims cost {info['cost']:g}, its assignment costs {rep['cost']:g}")
+    flips = int(info["flips"])
+    return {"satisfied": rep["satisfied_fraction"], "evaluations": flips, "flips": flips,
+            "seconds": info["seconds"], "cpu_seconds": info["cpu_seconds"], "assign": assign,
+            "flips_per_cpu_s": flips / max(info["cpu_seconds"], 1e-9), "compiled": True}
+
+
+def run_sls(cfg):
     inst = make_instance(cfg["n"], cfg["instance_seed"])
+    binary = build_sls()
+    if binary is not None:
+        out = run_sls_c(binary, inst, cfg["method"], cfg["seed"], seconds=cfg["seconds"])
+        out.pop("assign")
+        return out
+    from zoopt.walksat import local_search   # fallback: no C compiler
+
+    c0 = time.process_time()
     res = local_search(inst, method=cfg["method"], seed=cfg["seed"], seconds=cfg["seconds"])
+    cpu = time.process_time() - c0
     return {"satisfied": res.satisfied_fraction, "evaluations": res.flips, "seconds": res.seconds,
-            "flips": res.flips}
+            "flips": res.flips, "cpu_seconds": cpu, "flips_per_cpu_s": res.flips / max(cpu, 1e-9),
+            "compiled": False}
 
 
 def _rc2_solve(cfg, queue):
@@ -160,6 +233,8 @@ def fmt_row(name, r, ref_sat):
     note = "  [evaluation budget cut by --es-seconds]" if r.get("capped") else ""
     note += "  [timed out]" if r.get("timed_out") else ""
     unit = " flips" if name in ("walksat", "probsat") else ""
+    if "flips_per_cpu_s" in r:
+        note += f"  [{'C' if r['compiled'] else 'Python fallback'}: {r['flips_per_cpu_s']:,.0f} flips per CPU s]"
     return (f"  {name:11s} {sat_s} %  evals{unit} {ev_s}  /s {eps}  time {r['seconds']:8.1f}s  "
             f"peak {r.get('peak_rss_mib', 0):7.0f} MiB{gap}{note}")
 
@@ -184,7 +259,7 @@ def plot(results, path):
     ax.set_xscale("log")
     ax.set_xlabel("variables n (random 3-SAT, m = 4.27 n)")
     ax.set_ylabel("clauses satisfied (%)")
-    ax.set_title("MAX-SAT: PolyStep vs ES (equal evals) vs SLS (equal time)")
+    ax.set_title("MAX-SAT: PolyStep vs ES (equal evals) vs compiled SLS (equal time)")
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
@@ -199,7 +274,8 @@ def main(argv=None) -> int:
     ap.add_argument("--methods", nargs="+", default=list(RUNNERS), choices=list(RUNNERS))
     ap.add_argument("--seed", type=int, default=0, help="optimizer seed")
     ap.add_argument("--instance-seed", type=int, default=42, help="instance seed")
-    ap.add_argument("--steps", type=int, default=None, help="PolyStep steps (default: reference budget)")
+    ap.add_argument("--steps", type=int, default=None, help="PolyStep steps (default: the preset's budget)")
+    ap.add_argument("--preset", choices=["default", "reference"], default="default", help="PolyStep constants")
     ap.add_argument("--es-seconds", type=float, default=60.0, help="wall-time cap per ES run (default 60)")
     ap.add_argument("--rc2-timeout", type=float, default=60.0, help="seconds before RC2 is stopped (default 60)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads per method (default 1)")
@@ -210,6 +286,8 @@ def main(argv=None) -> int:
                     help="without polystep: its satisfied fraction, for the comparison column")
     ap.add_argument("--out", default=os.path.join("runs", "bench_maxsat"))
     args = ap.parse_args(argv)
+    from zoopt.atomic import write_json
+
     sizes = [int(s) for s in (args.sizes or (FULL_SIZES if args.full else SIZES))]
     os.makedirs(args.out, exist_ok=True)
     results = {}
@@ -219,7 +297,7 @@ def main(argv=None) -> int:
         res = {}
         print(f"n = {n:,} variables, {int(4.27 * n):,} clauses", flush=True)
         if "polystep" in args.methods:  # the yardstick for the other budgets
-            res["polystep"] = run_isolated({**base, "method": "polystep", "steps": args.steps})
+            res["polystep"] = run_isolated({**base, "method": "polystep", "steps": args.steps, "preset": args.preset})
             print(fmt_row("polystep", res["polystep"], None), flush=True)
             ref = res["polystep"]
         else:  # budgets given by hand, e.g. from an earlier `zoopt maxsat` run of the same instance
@@ -241,9 +319,10 @@ def main(argv=None) -> int:
             res["rc2"] = run_isolated({**base, "method": "rc2", "rc2_timeout": args.rc2_timeout})
             print(fmt_row("rc2", res["rc2"], ref_sat), flush=True)
         results[str(n)] = res
-        with open(os.path.join(args.out, "results.json"), "w") as fh:
-            json.dump({"sizes": sizes, "seed": args.seed, "instance_seed": args.instance_seed,
-                       "threads": args.threads, "es_seconds": args.es_seconds, "results": results}, fh, indent=1)
+        write_json(os.path.join(args.out, "results.json"),
+                   {"sizes": sizes, "seed": args.seed, "instance_seed": args.instance_seed, "preset": args.preset,
+                    "threads": args.threads, "es_seconds": args.es_seconds, "load": os.getloadavg(),
+                    "results": results})
     plot(results, os.path.join(args.out, "maxsat.png"))
     print(f"wrote {args.out}/results.json and {args.out}/maxsat.png")
     return 0
