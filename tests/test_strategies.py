@@ -190,3 +190,10 @@ def test_cma_uses_pycma_stop_defaults():
     es = zoopt.CMAES(np.zeros(3))
     assert float(es.es.opts["tolfun"]) == 1e-11 and float(es.es.opts["tolx"]) == 1e-11
     assert float(zoopt.CMAES(np.zeros(3), options={"tolfun": 1e-3}).es.opts["tolfun"]) == 1e-3
+
+
+def test_an_option_the_method_lacks_is_named():
+    with pytest.raises(TypeError, match=r"method 'cma_es' has no option 'lr'.*minimize chose 'cma_es' for dimension 3"):
+        zoopt.minimize(sphere, np.ones(3), lr=0.1)
+    with pytest.raises(TypeError, match=r"method 'sep_cma_es' has no option 'learning_rate'; its options: .*sigma"):
+        zoopt.minimize(sphere, np.ones(3), method="sep_cma_es", learning_rate=0.1)

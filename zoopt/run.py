@@ -246,9 +246,16 @@ def minimize(fn, x0, method: Optional[str] = None, budget: int = 10_000, seed: i
                 i = int(outside[0])
                 raise ValueError(f"x0 is outside bounds at index {i}: {float(center[i])} not in "
                                  f"[{float(problem.bounds[0][i])}, {float(problem.bounds[1][i])}]")
-    if method is None:
+    chosen = method is None
+    if chosen:
         method = default_method(center.numel())
-    strategy = make_strategy(method, center, seed=seed, **options)
+    try:
+        strategy = make_strategy(method, center, seed=seed, **options)
+    except TypeError as exc:
+        if not chosen:
+            raise
+        raise TypeError(f"{exc} (minimize chose {method!r} for dimension {center.numel()}; "
+                        f"pass method= for another)") from None
     result = run(strategy, problem, budget, evaluator, checkpoint=checkpoint, checkpoint_every=checkpoint_every,
                  resume=resume, progress=progress, metrics=metrics, callback=callback,
                  evaluator_options=evaluator_options, address=address, allow_pickle=allow_pickle)
