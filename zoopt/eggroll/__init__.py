@@ -8,9 +8,11 @@ whose low-rank evaluation runs population-aware layers swapped in place + an eva
 from zoopt.problems.module import register_structured
 from zoopt.registry import register
 
+from .attention import PopMultiheadAttention
+from .conv import PopConv1d, PopConv2d, PopConv3d
 from .layers import PopEmbedding, PopLinear
 from .module import EGGROLL
-from .norms import PopLayerNorm
+from .norms import PopBatchNorm1d, PopBatchNorm2d, PopBatchNorm3d, PopGroupNorm, PopLayerNorm, PopRMSNorm
 from .population import Population, PopulationHolder
 from .problem import evaluate_lowrank
 from .recurrent import PopGRU, PopGRUCell, PopLSTM, PopLSTMCell, PopRNN, PopRNNCell
@@ -21,5 +23,6 @@ register("eggroll", EGGROLLES)
 register_structured(LowRankSpec.kind, evaluate_lowrank)  # module x low-rank: the population layers
 
 __all__ = ["EGGROLL", "EGGROLLES", "LowRankSpec", "Population", "PopulationHolder", "PopLinear",
-           "PopEmbedding", "PopLayerNorm", "PopRNN", "PopRNNCell", "PopGRU", "PopGRUCell", "PopLSTM",
-           "PopLSTMCell"]
+           "PopEmbedding", "PopLayerNorm", "PopRMSNorm", "PopGroupNorm", "PopBatchNorm1d", "PopBatchNorm2d",
+           "PopBatchNorm3d", "PopConv1d", "PopConv2d", "PopConv3d", "PopMultiheadAttention", "PopRNN", "PopRNNCell",
+           "PopGRU", "PopGRUCell", "PopLSTM", "PopLSTMCell"]

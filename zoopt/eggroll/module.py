@@ -45,8 +45,9 @@ def _no_data(generation):
 
 
 def default_chunk(popsize: int) -> int:
-    """Members per population forward: ``popsize // 8``, even, within [2, 64]."""
-    return min(64, max(2, popsize // 8 // 2 * 2))
+    """Members per population forward: ``popsize // 4`` (even), at least 64, at most ``popsize``.
+    Fewer, larger forwards are cheaper in one process; four of them feed up to four Ray actors."""
+    return min(popsize, max(64, popsize // 4 // 2 * 2))
 
 
 def _named(batch) -> bool:
@@ -79,9 +80,10 @@ class EGGROLL:
     ``strict`` (default True) raises when a trainable parameter cannot be
     perturbed, False warns and leaves it frozen; ``sigma_decay`` /
     ``sigma_schedule(step)`` and ``lr_schedule(step) -> factor`` (a LambdaLR);
-    ``chunk`` members per forward (default ``popsize // 8``, even, in [2, 64]): evaluators
-    split the members at multiples of it, so every member's loss comes from the same
-    forward whichever evaluator (or how many Ray actors) ran it: bit-identical runs.
+    ``chunk`` members per forward (default ``popsize // 4``, at least 64): evaluators split
+    the members at multiples of it, so every member's loss comes from the same forward
+    whichever evaluator (or how many Ray actors) ran it: bit-identical runs. Lower it for
+    memory, or to give Ray actors more ranges than ``popsize / chunk``.
     ``evaluator``: None / "local" | "ray" | an evaluator object, built with
     ``evaluator_options``; ``data``/``data_seed``: the training split that
     batches named ``(epoch, k, batch_size)`` index.

@@ -1,4 +1,5 @@
-"""EGGROLL's fitness shaping and gradient estimate, shared by the vector strategy and the module optimizer.
+"""EGGROLL's fitness shaping (the engine's z-score and centered ranks of :mod:`zoopt.shaping`, plus the
+group-wise z-score) and gradient estimate: the one tell of ``EGGROLLES``, which ``zoopt.EGGROLL`` drives.
 
 For a matrix with factors ``A_k, B_k`` of pair ``k`` and pair weight
 ``w_k = f_2k - f_2k+1`` (f the shaped fitness, lower loss = lower f)::
@@ -16,7 +17,7 @@ import math
 
 import torch
 
-from zoopt.shaping import centered_ranks
+from zoopt.shaping import centered_ranks, zscore
 
 from zoopt.kernels import lowrank_factors, normal
 
@@ -45,14 +46,13 @@ def shape_fitness(fitness: torch.Tensor, method: str = "zscore", group_size: int
         return f.to(torch.float32)
     if method == "centered_rank":
         return centered_ranks(f).to(torch.float32)
-    std = torch.sqrt(f.var(unbiased=False) + eps)
-    if group_size:
-        if f.numel() % group_size:
-            raise ValueError(f"group_size {group_size} must divide the population size {f.numel()}")
-        centered = (f.view(-1, group_size) - f.view(-1, group_size).mean(1, keepdim=True)).reshape(-1)
-    else:
-        centered = f - f.mean()
-    return (centered / std).to(torch.float32)
+    if not group_size:
+        return zscore(f, eps).to(torch.float32)
+    if f.numel() % group_size:
+        raise ValueError(f"group_size {group_size} must divide the population size {f.numel()}")
+    groups = f.view(-1, group_size)   # each group's own mean, the global std (eps inside the root)
+    return ((groups - groups.mean(1, keepdim=True)).reshape(-1) / torch.sqrt(f.var(unbiased=False) + eps)).to(
+        torch.float32)
 
 
 def pair_weights(shaped: torch.Tensor) -> torch.Tensor:
