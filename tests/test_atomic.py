@@ -138,3 +138,15 @@ def test_sigkill_mid_save_leaves_old_or_new(tmp_path, kind):
         else:
             state = atomic.load_torch(path)
             assert torch.equal(state["v"], torch.full((1 << 20,), float(state["i"])))
+
+
+def test_files_and_folders_get_the_umask_mode(tmp_path):
+    old = os.umask(0o022)
+    try:
+        atomic.write_text(tmp_path / "f.txt", "x")
+        with atomic.atomic_dir(tmp_path / "d") as tmp:
+            open(os.path.join(tmp, "a"), "w").close()
+    finally:
+        os.umask(old)
+    assert (tmp_path / "f.txt").stat().st_mode & 0o777 == 0o644  # not mkstemp's 0600
+    assert (tmp_path / "d").stat().st_mode & 0o777 == 0o755

@@ -17,8 +17,8 @@ import collections
 import contextlib
 import json
 import os
+import secrets
 import shutil
-import tempfile
 from typing import Iterator
 
 __all__ = ["fsync_dir", "atomic_open", "write_bytes", "write_text", "write_json", "save_torch",
@@ -40,6 +40,31 @@ def fsync_dir(path: str) -> None:
         os.close(fd)
 
 
+def _temp_name(folder: str, name: str, kind: str) -> str:
+    return os.path.join(folder, f".{name}.{kind}-{secrets.token_hex(6)}")
+
+
+def _new_temp_file(folder: str, name: str) -> tuple[int, str]:
+    """An exclusive new temp file; created with mode 0o666 so the umask decides, as for open()
+    (mkstemp's 0600 would leave every result readable by its owner only)."""
+    while True:
+        tmp = _temp_name(folder, name, "tmp")
+        try:
+            return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), tmp
+        except FileExistsError:  # a 48-bit name collided: draw again
+            continue
+
+
+def _new_temp_dir(folder: str, name: str, kind: str) -> str:
+    while True:
+        tmp = _temp_name(folder, name, kind)
+        try:
+            os.mkdir(tmp, 0o777)
+            return tmp
+        except FileExistsError:
+            continue
+
+
 def _split(path: str) -> tuple[str, str]:
     path = os.path.abspath(os.fspath(path))
     folder, name = os.path.split(path)
@@ -57,7 +82,7 @@ def atomic_open(path: str, mode: str = "wb", encoding: str | None = None) -> Ite
     if mode not in ("w", "wb"):
         raise ValueError(f"mode must be 'w' or 'wb', got {mode!r}")
     folder, name = _split(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=folder)
+    fd, tmp = _new_temp_file(folder, name)
     try:
         with os.fdopen(fd, mode, encoding=encoding if "b" not in mode else None) as fh:
             yield fh
@@ -186,8 +211,8 @@ def replace_dir(src: str, dst: str) -> None:
     if os.path.lexists(dst):
         if not os.path.isdir(dst) or os.path.islink(dst):
             raise FileExistsError(f"{dst} exists and is not a folder")
-        aside = tempfile.mkdtemp(prefix=f".{os.path.basename(dst)}.old-", dir=parent)
-        os.rmdir(aside)
+        aside = _new_temp_dir(parent, os.path.basename(dst), "old")
+        os.rmdir(aside)  # a free name to rename the old folder to
         os.rename(dst, aside)
     os.rename(src, dst)
     fsync_dir(parent)
@@ -203,7 +228,7 @@ def atomic_dir(path: str) -> Iterator[str]:
     is removed and ``path`` is untouched.
     """
     parent, name = _split(path)
-    tmp = tempfile.mkdtemp(prefix=f".{name}.new-", dir=parent)
+    tmp = _new_temp_dir(parent, name, "new")
     try:
         yield tmp
         _fsync_tree(tmp)
