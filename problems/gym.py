@@ -20,9 +20,10 @@ How a generation is evaluated:
   generation arrives, those per-member statistics are folded into the frozen
   ones in member order. The fold therefore does not depend on how members
   were split into slices or workers. Workers send their per-member
-  statistics back with ``stats()`` (the coordinator calls ``merge_stats()``),
-  and the coordinator ships its frozen statistics to them inside the spec
-  (``share_stats(spec)`` puts them in ``spec.extras``).
+  statistics back with ``stats(members)`` (the coordinator calls
+  ``merge_stats()``), and the coordinator ships its frozen statistics to them
+  inside the spec (``share_stats(spec)`` puts them in ``spec.extras``): the
+  per-member statistics protocol declared on ``Problem``.
 * **Budget unit.** ``env_steps`` counts the environment steps the episodes
   actually used (steps after an episode ended are not counted);
   ``stats()`` carries them per member so a coordinator can add up workers.
@@ -309,6 +310,8 @@ class GymProblem(Problem):
     slice's episodes for sync, ``os.cpu_count()`` for async).
     """
 
+    keeps_member_stats = True  # observation statistics and env steps: Problem's per-member statistics protocol
+
     def __init__(self, env_id: str, policy: str = "linear", hidden=(64,), quant: str = "none",
                  episodes: int = 1, seed: int = 0, vector: str = "sync", num_envs: Optional[int] = None,
                  obs_norm: bool = True, obs_clip: float = 10.0, gamma: float = 1.0, action_penalty: float = 0.0,
@@ -410,9 +413,13 @@ class GymProblem(Problem):
         self.begin_generation(spec.generation)
         spec.extras[SPEC_STATS_KEY] = self.running
 
-    def stats(self) -> GenerationStats:
-        """Per-member statistics of the generation evaluated last (for merging across workers)."""
-        return GenerationStats(self.pending.generation, dict(self.pending.members))
+    def stats(self, members=None) -> GenerationStats:
+        """Per-member statistics of the generation evaluated last (for merging across workers); only
+        ``members``' when given."""
+        held = self.pending.members
+        if members is not None:
+            held = {m: held[m] for m in (int(m) for m in members) if m in held}
+        return GenerationStats(self.pending.generation, dict(held))
 
     def merge_stats(self, others) -> None:
         """Add other workers' :meth:`stats` for the same generation; their env steps are counted here too.

@@ -46,7 +46,6 @@ import torch
 
 import zoopt
 from zoopt.problems import Problem, VectorProblem
-from zoopt.shaping import shape_fitness
 from zoopt.workers import LocalEvaluator
 
 
@@ -141,22 +140,16 @@ def bench_bytes(ray_evaluator, params: int, gens: int) -> dict:
     spec_list = specs(dim, popsize, gens, problem.initial_point())
     with ray_evaluator(2) as ev:
         for spec in spec_list:
-            fitness = ev(problem, spec)
+            ev(problem, spec)
         per_gen = {k: ev.traffic[k] / gens for k in ("payload_bytes", "task_bytes", "result_bytes")}
-        weights = shape_fitness(fitness, "centered_rank")
-        before = ev.traffic["result_bytes"]
-        ev.weighted_noise_sum(spec_list[-1], weights)
-        sum_back = ev.traffic["result_bytes"] - before
         problem_bytes = ev.traffic["problem_bytes"]
     sent = per_gen["payload_bytes"] + per_gen["task_bytes"]
     vectors = popsize * dim * 4
     out = {"dim": dim, "popsize": popsize, **per_gen, "sent_per_gen": sent, "vectors_bytes": vectors,
-           "sent_fraction": sent / vectors, "problem_bytes_once_per_actor": problem_bytes,
-           "noise_sum_bytes_back": sum_back}
+           "sent_fraction": sent / vectors, "problem_bytes_once_per_actor": problem_bytes}
     print(f"(2) bytes/gen, D={dim:,}, N={popsize}: sent {sent / 1e6:.3f} MB (payload {per_gen['payload_bytes'] / 1e6:.3f}"
           f" MB + tasks {per_gen['task_bytes'] / 1e3:.1f} kB), fitness back {per_gen['result_bytes'] / 1e3:.1f} kB; "
-          f"shipping vectors {vectors / 1e9:.2f} GB -> {100 * sent / vectors:.3f}% (target < 1%); "
-          f"partial sums back {sum_back / 1e6:.1f} MB")
+          f"shipping vectors {vectors / 1e9:.2f} GB -> {100 * sent / vectors:.3f}% (target < 1%)")
     return out
 
 

@@ -10,17 +10,10 @@ fetches only if it lacks that payload.
 from __future__ import annotations
 
 import os
-from dataclasses import replace
 
-import numpy as np
 import torch
 
-
-def members_of(block) -> torch.Tensor:
-    """A task's members: ``(start, stop)`` for a contiguous range, else an index array."""
-    if isinstance(block, tuple):
-        return torch.arange(block[0], block[1])
-    return torch.as_tensor(block, dtype=torch.int64)
+from .ray_plan import members_of
 
 
 class EvaluationActor:
@@ -67,37 +60,14 @@ class EvaluationActor:
         return self.spec
 
     def evaluate(self, problem_key: int, payload_key: int, payload, block):
-        """Fitness of the members in ``block`` as float32; with a problem that keeps per-member
-        statistics (``stats()``, e.g. GymProblem), ``(fitness, those members' statistics)``."""
+        """Fitness of the members in ``block`` as float32; for a problem that keeps per-member
+        statistics (``keeps_member_stats``, e.g. GymProblem), ``(fitness, stats(those members))``."""
         if problem_key != self.problem_key:
             raise RuntimeError(f"actor holds problem {self.problem_key}, task wants {problem_key}")
         spec = self._spec(payload_key, payload)
         members = members_of(block)
         fitness = self.problem.evaluate(spec, members)
         fitness = torch.as_tensor(fitness, dtype=torch.float32).detach().cpu().reshape(-1).numpy()
-        if not callable(getattr(self.problem, "stats", None)):
+        if not getattr(self.problem, "keeps_member_stats", False):
             return fitness
-        stats = self.problem.stats()
-        if isinstance(getattr(stats, "members", None), dict):  # only this block's members travel back
-            wanted = set(members.tolist())
-            stats = replace(stats, members={m: v for m, v in stats.members.items() if m in wanted})
-        return fitness, stats
-
-    def noise_sum(self, payload_key: int, payload, block, weights: np.ndarray) -> np.ndarray:
-        """``sum_i w_i s_i eps_i`` over the members in ``block`` for a Gaussian spec.
-
-        Antithetic ranges that start on an even member fold each pair into
-        ``(w_2k - w_2k+1) eps_k``: one noise row per pair, the same arithmetic
-        as ``OpenAIES.gradient`` on a chunk.
-        """
-        spec = self._spec(payload_key, payload)
-        members = members_of(block)
-        w = torch.tensor(weights, dtype=torch.float32)
-        paired = (getattr(spec, "antithetic", False) and isinstance(block, tuple)
-                  and block[0] % 2 == 0 and (block[1] - block[0]) % 2 == 0)
-        if paired:
-            pair_w = w[0::2] - w[1::2]
-            eps = spec.noise(members[0::2])  # even members carry sign +1
-            return (pair_w.to(eps.dtype) @ eps).cpu().numpy()
-        eps = spec.noise(members)
-        return (w.to(eps.dtype) @ eps).cpu().numpy()
+        return fitness, self.problem.stats(members)  # only this block's members travel back
