@@ -101,12 +101,14 @@ def test_atomic_dir_replaces_whole_folder(tmp_path):
 
 
 _WRITER = textwrap.dedent("""
-    import importlib.util, sys, torch
+    import importlib.util, sys
     # load the module by file: the child needs nothing else from zoopt
     spec = importlib.util.spec_from_file_location("zoopt_atomic", sys.argv[3])
     atomic = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(atomic)
     path, kind = sys.argv[1], sys.argv[2]
+    if kind == "torch":
+        import torch
     i = 0
     while True:
         i += 1
@@ -120,12 +122,12 @@ _WRITER = textwrap.dedent("""
 """)
 
 
-@pytest.mark.parametrize("kind", ["bytes", "torch"])
-def test_sigkill_mid_save_leaves_old_or_new(tmp_path, kind):
+@pytest.mark.parametrize("kind, rounds", [("bytes", 3), ("torch", 2)])  # each torch round imports torch
+def test_sigkill_mid_save_leaves_old_or_new(tmp_path, kind, rounds):
     """A writer killed at random moments: the file is always one complete version."""
     path = str(tmp_path / "state.bin")
     rng = random.Random(0)
-    for _ in range(4):
+    for _ in range(rounds):
         proc = subprocess.Popen([sys.executable, "-c", _WRITER, path, kind, atomic.__file__], stdout=subprocess.PIPE,
                                 env={**os.environ, "OMP_NUM_THREADS": "1"})
         assert proc.stdout.readline().strip() == b"ready"
