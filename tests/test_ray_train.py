@@ -19,6 +19,16 @@ TINY = ["--model", "mlp", "--data", "digits", "--epochs", "2", "--batch-size", "
 LOSS = torch.nn.CrossEntropyLoss()
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Bit equality needs the driver to compute with the actors' thread count (1): GEMMs round differently with
+    more threads, and another test may have left torch with 2."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def on_ray(method):
     """The module facades evaluate on Ray once they take evaluator= (the ES methods always do)."""
     cls = {"polystep": getattr(zoopt, "PolyStep", None), "eggroll": getattr(zoopt, "EGGROLL", None)}.get(method)
@@ -33,7 +43,7 @@ def run(tmp_path, name, method, *extra):
 
 
 @pytest.mark.parametrize("method,extra", [("openai_es", ["--popsize", "24"]), ("sep_cma_es", ["--popsize", "24"]),
-                                          ("spsa", []), ("polystep", ["--rank", "1"]),
+                                          ("polystep", ["--rank", "1"]),
                                           ("eggroll", ["--popsize", "24"])])
 def test_train_with_two_ray_actors_equals_the_in_process_run(ray_cluster, tmp_path, method, extra):
     if not on_ray(method):

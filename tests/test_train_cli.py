@@ -351,8 +351,12 @@ def test_bench_sizes_and_a_tiny_run(tmp_path):
     with pytest.raises(SystemExit):
         bench.parse_args(["--models", "resnet"])
     out = str(tmp_path / "bench")
-    assert bench.main(["--models", "mlp", "--methods", "openai_es,adam", "--limit-train", "512", "--limit-eval",
-                       "200", "--epochs", "1", "--es-time", "0.5", "--out", out]) == 0
+    threads = torch.get_num_threads()
+    try:
+        assert bench.main(["--models", "mlp", "--methods", "openai_es,adam", "--limit-train", "512", "--limit-eval",
+                           "200", "--epochs", "1", "--es-time", "0.5", "--out", out, "--threads", "1"]) == 0
+    finally:
+        torch.set_num_threads(threads)
     res = json.load(open(os.path.join(out, "results.json")))["results"]["mlp"]
     assert res["adam"]["steps"] == 2 and res["adam"]["evaluations"] == 2
     assert res["openai_es"]["wall_time_budget_s"] == 0.5 and res["openai_es"]["train_time_s"] >= 0.5

@@ -52,6 +52,19 @@ def _positive_int(name, value, allow_none=False):
     return value
 
 
+def _holds(opt, x, seed: int) -> bool:
+    """Whether ``opt`` draws the rows of ``x`` itself from ``(epoch, k, batch_size)`` in the same order:
+    its problem's batches (the PolyStep and EGGROLL facades) or its ``data``/``data_seed``."""
+    from zoopt.problems.module import Batches
+
+    batches = getattr(getattr(opt, "problem", None), "batches", None)
+    if isinstance(batches, Batches):
+        return batches.x is x and batches.seed == seed
+    held = getattr(opt, "data", None)
+    return (isinstance(held, (tuple, list)) and len(held) == 2 and held[0] is x
+            and int(getattr(opt, "data_seed", 0)) == seed)
+
+
 class _Batches:
     """The batches of one epoch, from batch ``start`` on, as the optimizer should receive them."""
 
@@ -67,9 +80,7 @@ class _Batches:
             if batch_size > len(x):
                 raise ValueError(f"batch_size must be <= the {len(x)} training examples, got {batch_size}")
             self.per_epoch = len(x) // batch_size
-            held = getattr(opt, "data", None)  # the optimizer draws the rows itself from (epoch, k, batch_size)
-            self.named = (isinstance(held, (tuple, list)) and len(held) == 2 and held[0] is x
-                          and int(getattr(opt, "data_seed", 0)) == self.seed)
+            self.named = _holds(opt, x, self.seed)
         else:
             if batch_size is not None:
                 raise ValueError("batch_size goes with data=(x, y); a loader makes its own batches")
