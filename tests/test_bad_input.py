@@ -161,3 +161,22 @@ def test_bad_bounds_name_themselves(bounds, match):
 def test_x0_outside_bounds_is_rejected():
     with pytest.raises(ValueError, match="x0 is outside bounds at index 1"):
         zoopt.minimize(sphere, np.array([0.0, 5.0]), budget=16, bounds=(-1, 1))
+
+
+def test_cli_ctrl_c_and_broken_archives_are_one_line(monkeypatch, capsys, tmp_path):
+    import zipfile
+
+    def interrupted(path, **kwargs):
+        raise KeyboardInterrupt
+
+    def broken(path, **kwargs):
+        raise zipfile.BadZipFile(f"{path}: File is not a zip file")
+
+    good = tmp_path / "g.jsonl"
+    good.write_text(json.dumps({"generation": 1, "loss": 1.0}) + "\n")
+    monkeypatch.setattr("zoopt.plot.plot_metrics", interrupted)
+    assert cli.main(["plot", str(good)]) == 130
+    assert capsys.readouterr().err == "zoopt plot: interrupted\n"
+    monkeypatch.setattr("zoopt.plot.plot_metrics", broken)
+    assert cli.main(["plot", str(good)]) == 2
+    assert capsys.readouterr().err.startswith("zoopt plot: error: ")

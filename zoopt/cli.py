@@ -15,13 +15,15 @@ import importlib
 import os
 import pkgutil
 import sys
+import zipfile
 
 import zoopt.commands
 
-# what bad input raises (argument checks, unreadable or missing files); OSError subclasses only
-# where the cause is the user's path, so a failing disk or network still shows its traceback
+# what bad input raises (argument checks, unreadable, truncated or missing files); OSError
+# subclasses only where the cause is the user's path, so a failing disk or network still shows
+# its traceback
 USER_ERRORS = (ValueError, TypeError, FileNotFoundError, FileExistsError, IsADirectoryError,
-               NotADirectoryError, PermissionError)
+               NotADirectoryError, PermissionError, EOFError, zipfile.BadZipFile)
 USAGE_EXIT = 2
 
 
@@ -60,10 +62,11 @@ def main(argv=None) -> int:
             raise
         print(f"zoopt {args.command}: error: {one_line(exc)}", file=sys.stderr)
         return USAGE_EXIT
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:  # Ctrl-C is the user's choice, not a crash
         if debug:
             raise
-        print(f"zoopt {args.command}: interrupted", file=sys.stderr)
+        detail = one_line(exc) if str(exc) else ""
+        print(f"zoopt {args.command}: interrupted{': ' + detail if detail else ''}", file=sys.stderr)
         return 130
 
 
