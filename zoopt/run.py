@@ -128,11 +128,6 @@ def run(strategy, problem: Problem, budget: int, evaluator=None, *, checkpoint: 
         raise ValueError(f"budget must be a positive int (evaluations), got {budget!r}")
     if isinstance(checkpoint_every, bool) or not isinstance(checkpoint_every, (int, np.integer)) or checkpoint_every < 1:
         raise ValueError(f"checkpoint_every must be an int >= 1, got {checkpoint_every!r}")
-    evaluator_options = dict(evaluator_options or {})
-    if address is not None:
-        if evaluator != "ray":
-            raise ValueError(f"address={address!r} joins a Ray cluster: use it with evaluator='ray'")
-        evaluator_options["address"] = address
     nfev, history = 0, []
     if checkpoint:
         checkpoint = os.fspath(checkpoint)
@@ -140,7 +135,7 @@ def run(strategy, problem: Problem, budget: int, evaluator=None, *, checkpoint: 
         if resume and os.path.exists(checkpoint):
             nfev, history = load_checkpoint(checkpoint, strategy, allow_pickle)
     owns_evaluator = evaluator is None or isinstance(evaluator, str)
-    evaluator = make_evaluator(evaluator, **evaluator_options)
+    evaluator = make_evaluator(evaluator, address=address, **(evaluator_options or {}))
     logger = JsonlLogger(metrics, append=bool(history))
     logger.resume_from(history)
     success, status, message = False, BUDGET_STATUS, f"budget of {budget} evaluations spent"
