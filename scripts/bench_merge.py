@@ -13,20 +13,25 @@ HTTP path itself is exercised by tests/test_merge.py.
 
     python scripts/bench_merge.py                    # CPU: 16 val / 48 test examples, 240 queries, ~1 h
     python scripts/bench_merge.py --full             # the paper's 300 val examples, popsize 20, 400+800 queries
-    # the 1,200-query comparison on one shared CPU core (~1.5 h): Evo-Merging vs LoRAHub vs best single
-    python scripts/bench_merge.py --val 4 --test 32 --budget 1200 --popsize 20 --threads 1 \
-        --no-ablations --no-whitebox --progress --out runs/bench_merge_1200
+    # issue 18's honest scale: 32 val / 64 test, seeds 42 43 44, 600 and 1,200 queries, every baseline
+    python scripts/bench_merge.py --honest --progress --out runs/bench_merge_honest
+
+The summary is mean +- std over targets x seeds (a method that does not depend
+on the seed: over targets). Cost of --honest: 2 searches x (600 + 1,200) queries
+x 3 seeds x 3 targets = 32,400 queries; one query of 32 validation examples on
+SmolLM2-135M costs about a second of one unloaded CPU core (a generation of 20
+is one batched forward), so about 9-10 hours on one core; minutes on a GPU.
 """
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import time
 
 import numpy as np
 import torch
 
+from zoopt.atomic import write_json
 from zoopt.merge.lm import DenseDelta, SlotModel, encode_examples, greedy_answers, load_base
 from zoopt.merge.operator import merge_factors
 from zoopt.merge.pool import load_pool
@@ -72,67 +77,92 @@ def test_metrics(slot_model, tokenizer, pool, test_records, test_examples, alpha
     return {"test_loss": loss, "test_exact": exact}
 
 
+SEARCHES = {"Evo-Merging": dict(),
+            "LoRAHub (beta from 0)": dict(stages=("beta",), beta_init=0.0),
+            "ablation: alpha only": dict(stages=("alpha",)),
+            "ablation: beta only": dict(stages=("beta",)),
+            "ablation: beta >= 0": dict(beta_nonneg=True)}
+
+
 def run_target(target, slot_model, tokenizer, pool, args, on_row=None):
+    """rows[method][str(seed)] -> metrics; methods that do not depend on the seed are run once
+    (under the first seed). Searches are named "<method> @<budget>"."""
     val = make_records(target, args.val, seed=1)
     test = make_records(target, args.test, seed=2)
     val_ex, test_ex = encode_examples(tokenizer, val), encode_examples(tokenizer, test)
     n = pool.size
     rows = {}
 
-    def record(name, alpha, beta, val_loss, queries, seconds, delta=None, **extra):
-        rows[name] = {"val_loss": val_loss, "queries": queries, "seconds": seconds,
-                      **test_metrics(slot_model, tokenizer, pool, test, test_ex, alpha, beta, delta), **extra}
-        print(f"  {target:15s} {name:22s} val {val_loss:.4f}  test {rows[name]['test_loss']:.4f}  "
-              f"exact {100 * rows[name]['test_exact']:5.1f}%  queries {queries:5d}  {seconds:6.0f} s", flush=True)
+    def record(name, seed, alpha, beta, val_loss, queries, seconds, delta=None, **extra):
+        row = {"val_loss": val_loss, "queries": queries, "seconds": seconds,
+               **test_metrics(slot_model, tokenizer, pool, test, test_ex, alpha, beta, delta), **extra}
+        rows.setdefault(name, {})[str(seed)] = row
+        print(f"  {target:15s} {name:28s} seed {seed:3d} val {val_loss:.4f}  test {row['test_loss']:.4f}  "
+              f"exact {100 * row['test_exact']:5.1f}%  queries {queries:5d}  {seconds:6.0f} s", flush=True)
         if on_row:
             on_row(rows)
 
     fit = Fitness(slot_model, pool, val_ex, progress=args.progress)
+    first = args.seeds[0]
     t = time.perf_counter()
     loss = fit([([1.0] * n, [1.0 / n] * n)])[0]
-    record("uniform average", [1.0] * n, [1.0 / n] * n, loss, 1, time.perf_counter() - t)
+    record("uniform average", first, [1.0] * n, [1.0 / n] * n, loss, 1, time.perf_counter() - t)
 
     t, fit.queries = time.perf_counter(), 0
     singles = fit([([1.0] * n, list(np.eye(n)[i])) for i in range(n)])
     best = int(np.argmin(singles))
-    record("best single", [1.0] * n, list(np.eye(n)[best]), singles[best], n, time.perf_counter() - t,
+    record("best single", first, [1.0] * n, list(np.eye(n)[best]), singles[best], n, time.perf_counter() - t,
            adapter=pool.names[best])
 
-    searches = {"Evo-Merging": dict(),
-                "LoRAHub (beta from 0)": dict(stages=("beta",), beta_init=0.0),
-                "ablation: alpha only": dict(stages=("alpha",)),
-                "ablation: beta only": dict(stages=("beta",)),
-                "ablation: beta >= 0": dict(beta_nonneg=True)}
-    if not args.ablations:
-        searches = {k: v for k, v in searches.items() if not k.startswith("ablation")}
-    for name, opts in searches.items():
-        stages = opts.get("stages", ("alpha", "beta"))
-        budgets = ({"budget_alpha": args.budget // 3, "budget_beta": args.budget - args.budget // 3}
-                   if len(stages) == 2 else {f"budget_{stages[0]}": args.budget})
-        search = EvoMerge(n, popsize=args.popsize, seed=args.seed, **budgets, **opts)
-        t, fit.queries = time.perf_counter(), 0
-        fit.started = t
-        result = search.run(fit)
-        record(name, result["alpha"], result["beta"], result["loss"], fit.queries, time.perf_counter() - t,
-               history=result["history"], merge_alpha=result["alpha"], merge_beta=result["beta"])
+    searches = {k: v for k, v in SEARCHES.items() if args.ablations or not k.startswith("ablation")}
+    for budget in args.budgets:
+        for seed in args.seeds:
+            for name, opts in searches.items():
+                stages = opts.get("stages", ("alpha", "beta"))
+                budgets = ({"budget_alpha": budget // 3, "budget_beta": budget - budget // 3}
+                           if len(stages) == 2 else {f"budget_{stages[0]}": budget})
+                search = EvoMerge(n, popsize=args.popsize, seed=seed, **budgets, **opts)
+                t, fit.queries = time.perf_counter(), 0
+                fit.started = t
+                result = search.run(fit)
+                record(f"{name} @{budget}", seed, result["alpha"], result["beta"], result["loss"], fit.queries,
+                       time.perf_counter() - t, history=result["history"], merge_alpha=result["alpha"],
+                       merge_beta=result["beta"], stage=result["stage"])
 
-    # white-box grids (density or drop rate x scale), picked on validation
+    # white-box grids (density or drop rate x scale) through PEFT's merge utilities, picked on
+    # validation; TIES is deterministic, DARE draws its drop mask from the seed
     for method, rates in (("TIES (white-box)", [0.2, 0.5, 1.0]), ("DARE (white-box)", [0.5, 0.9])):
         if not args.whitebox:
             break
-        t, best_cfg = time.perf_counter(), None
-        slot_model.write(0, {m: (torch.zeros_like(pool.A[m][0]), torch.zeros_like(pool.B[m][0]))
-                             for m in pool.modules})
-        for p in rates:
-            unit = ties(pool, p) if method.startswith("TIES") else dare(pool, p, seed=args.seed)
-            for scale in (0.3, 0.5, 1.0):
-                delta = {m: scale * d for m, d in unit.items()}
-                with DenseDelta(slot_model, delta):
-                    loss = slot_model.losses([(0, val_ex)])[0]
-                if best_cfg is None or loss < best_cfg[0]:
-                    best_cfg = (loss, delta, {"scale": scale, "p": p})
-        record(method, None, None, best_cfg[0], 0, time.perf_counter() - t, delta=best_cfg[1], config=best_cfg[2])
+        for seed in args.seeds if method.startswith("DARE") else [first]:
+            t, best_cfg = time.perf_counter(), None
+            slot_model.write(0, {m: (torch.zeros_like(pool.A[m][0]), torch.zeros_like(pool.B[m][0]))
+                                 for m in pool.modules})
+            for p in rates:
+                unit = ties(pool, p) if method.startswith("TIES") else dare(pool, p, seed=seed)
+                for scale in (0.3, 0.5, 1.0):
+                    delta = {m: scale * d for m, d in unit.items()}
+                    with DenseDelta(slot_model, delta):
+                        loss = slot_model.losses([(0, val_ex)])[0]
+                    if best_cfg is None or loss < best_cfg[0]:
+                        best_cfg = (loss, delta, {"scale": scale, "p": p})
+            record(method, seed, None, None, best_cfg[0], 0, time.perf_counter() - t, delta=best_cfg[1],
+                   config=best_cfg[2])
     return rows
+
+
+def summarize(results: dict) -> dict:
+    """Per method: mean and std over targets and seeds (a seed-free method: over targets)."""
+    methods = list(next(iter(results.values())))
+    summary = {}
+    for m in methods:
+        runs = [row for t in results for row in results[t][m].values()]
+        summary[m] = {"runs": len(runs)}
+        for k in ("val_loss", "test_loss", "test_exact", "queries"):
+            values = np.array([r[k] for r in runs], dtype=float)
+            summary[m][k] = float(values.mean())
+            summary[m][k + "_std"] = float(values.std(ddof=1)) if len(values) > 1 else 0.0
+    return summary
 
 
 def main():
@@ -141,18 +171,25 @@ def main():
     ap.add_argument("--targets", nargs="+", default=list(TARGETS), choices=list(TARGETS))
     ap.add_argument("--val", type=int, default=16)
     ap.add_argument("--test", type=int, default=48)
-    ap.add_argument("--budget", type=int, default=240, help="queries per search")
+    ap.add_argument("--budgets", type=int, nargs="+", default=[240], help="queries per search, one run each")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[42], help="search seeds (and DARE's draw)")
     ap.add_argument("--popsize", type=int, default=20)
-    ap.add_argument("--seed", type=int, default=42)
     ap.add_argument("--no-ablations", dest="ablations", action="store_false")
     ap.add_argument("--progress", action="store_true", help="print every generation of the searches")
     ap.add_argument("--no-whitebox", dest="whitebox", action="store_false", help="skip the TIES and DARE references")
-    ap.add_argument("--full", action="store_true", help="300 val examples, 400 + 800 queries")
+    ap.add_argument("--honest", action="store_true",
+                    help="issue 18's scale: 32 val / 64 test examples, seeds 42 43 44, budgets 600 and 1200, "
+                         "no ablations")
+    ap.add_argument("--full", action="store_true", help="the paper's 300 val examples, 400 + 800 queries")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", default="runs/bench_merge")
     args = ap.parse_args()
+    if args.honest:
+        args.val, args.test, args.seeds, args.budgets, args.ablations = 32, 64, [42, 43, 44], [600, 1200], False
     if args.full:
-        args.val, args.test, args.budget = 300, 300, 1200
+        args.val, args.test, args.budgets = 300, 300, [1200]
+    if min(args.budgets) < 2 * args.popsize:
+        raise SystemExit(f"--budgets must allow a generation per stage (>= {2 * args.popsize})")
     torch.set_num_threads(args.threads)
     os.makedirs(args.out, exist_ok=True)
     model, tokenizer = load_base(os.path.join(args.pool, "base"))
@@ -162,23 +199,20 @@ def main():
     results = {}
     for target in args.targets:
         def save(rows, target=target):  # saved as each method ends
-            with open(os.path.join(args.out, "results.json"), "w") as fh:
-                json.dump({"args": vars(args), "per_target": {**results, target: rows}}, fh, indent=1)
+            write_json(os.path.join(args.out, "results.json"),
+                       {"args": vars(args), "per_target": {**results, target: rows}}, indent=1)
 
         results[target] = run_target(target, slot_model, tokenizer, pool, args, on_row=save)
-    methods = list(next(iter(results.values())))
-    print(f"\naverage over {len(results)} held-out targets ({args.val} val / {args.test} test examples, "
-          f"budget {args.budget} queries)")
-    print(f"{'method':30s} {'val loss':>9s} {'test loss':>9s} {'exact %':>8s} {'queries':>8s}")
-    summary = {}
-    for m in methods:
-        avg = {k: float(np.mean([results[t][m][k] for t in results]))
-               for k in ("val_loss", "test_loss", "test_exact", "queries")}
-        summary[m] = avg
-        print(f"{m[:30]:30s} {avg['val_loss']:9.4f} {avg['test_loss']:9.4f} {100 * avg['test_exact']:8.1f} "
-              f"{avg['queries']:8.0f}")
-    with open(os.path.join(args.out, "results.json"), "w") as fh:
-        json.dump({"args": vars(args), "per_target": results, "average": summary}, fh, indent=1)
+    summary = summarize(results)
+    print(f"\nmean +- std over {len(results)} held-out targets x seeds {args.seeds} "
+          f"({args.val} val / {args.test} test examples)")
+    print(f"{'method':34s} {'runs':>4s} {'val loss':>15s} {'test loss':>15s} {'exact %':>13s} {'queries':>8s}")
+    for m, a in summary.items():
+        print(f"{m[:34]:34s} {a['runs']:4d} {a['val_loss']:7.4f}+-{a['val_loss_std']:6.4f} "
+              f"{a['test_loss']:7.4f}+-{a['test_loss_std']:6.4f} {100 * a['test_exact']:5.1f}+-"
+              f"{100 * a['test_exact_std']:5.1f} {a['queries']:8.0f}")
+    write_json(os.path.join(args.out, "results.json"), {"args": vars(args), "per_target": results,
+                                                        "summary": summary}, indent=1)
     plot(summary, args.out)
 
 
@@ -190,10 +224,11 @@ def plot(summary, out):
 
     names = list(summary)
     fig, axes = plt.subplots(1, 2, figsize=(12, 0.45 * len(names) + 1.5))
-    axes[0].barh(names, [summary[n]["test_loss"] for n in names])
-    axes[0].set_xlabel("test loss (avg over targets)")
-    axes[1].barh(names, [100 * summary[n]["test_exact"] for n in names])
-    axes[1].set_xlabel("test exact match % (avg)")
+    axes[0].barh(names, [summary[n]["test_loss"] for n in names], xerr=[summary[n]["test_loss_std"] for n in names])
+    axes[0].set_xlabel("test loss (mean +- std over targets x seeds)")
+    axes[1].barh(names, [100 * summary[n]["test_exact"] for n in names],
+                 xerr=[100 * summary[n]["test_exact_std"] for n in names])
+    axes[1].set_xlabel("test exact match % (mean +- std)")
     axes[1].set_yticks([])
     fig.tight_layout()
     fig.savefig(os.path.join(out, "results.png"), dpi=110)

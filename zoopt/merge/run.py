@@ -77,7 +77,8 @@ def run_merge(url: str, token: str, records: list, out: str, budget: int = 1200,
         client.cache[client._key(sid, alpha, beta)] = float(loss)
     search = EvoMerge(session["pool_size"], popsize=popsize, seed=seed,
                       budget_alpha=budget // 3, budget_beta=budget - budget // 3)
-    bar = tqdm(total=budget, unit="query", disable=not progress)
+    planned = sum(b // popsize * popsize for b in search.budgets.values())  # whole generations only
+    bar = tqdm(total=planned, unit="query", disable=not progress)
 
     def checkpoint(state):
         bar.update(state["queries"] - bar.n)

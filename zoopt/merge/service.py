@@ -47,6 +47,7 @@ from .pool import save_adapter
 BETA_BOUND = 1.5
 MAX_POOL = 10_000        # entries of alpha/beta a request may carry, whatever the preset
 MAX_SEED = 2**32 - 1     # CMA-ES seeds a numpy RandomState
+KEPT_JOBS = 1_000        # finished optimize jobs whose results are kept for GET /v1/jobs
 
 
 class StrictBody(BaseModel):
@@ -157,7 +158,7 @@ async def _reply(send, status: int, detail: str) -> None:
 
 def create_app(slot_model, pool, tokenizer, token: str | None, presets: dict | None = None,
                max_body_bytes: int = 4_000_000, max_tokens: int = 512, window_s: float = 0.01,
-               max_session_chars: int = 4_000_000, max_sessions: int = 1_000, max_jobs: int = 4,
+               max_session_chars: int = 4_000_000, max_sessions: int = 256, max_jobs: int = 4,
                max_pending: int = 1_024) -> FastAPI:
     """``presets``: {name: [adapter names]}; "all" (the whole pool) is always there.
     ``token=None`` disables auth (only for local experiments; the CLI refuses it).
@@ -299,6 +300,9 @@ def create_app(slot_model, pool, tokenizer, token: str | None, presets: dict | N
         with lock:
             if sum(j["status"] == "running" for j in jobs.values()) >= max_jobs:
                 raise too_busy(f"{max_jobs} optimize jobs are running")
+            finished = [j for j, v in jobs.items() if v["status"] != "running"]
+            for old in finished[:max(0, len(jobs) - KEPT_JOBS + 1)]:  # the oldest results go first
+                del jobs[old]
             job_id = uuid.uuid4().hex
             jobs[job_id] = {"status": "running", "session": session_id}
         loop = asyncio.get_running_loop()
