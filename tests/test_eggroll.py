@@ -221,6 +221,16 @@ def test_bad_arguments_name_the_argument():
     with pytest.raises(ValueError, match="multiple"):
         with torch.no_grad(), opt.population():
             model(torch.randn(6, 4))
+    with pytest.raises(TypeError, match="data"):
+        EGGROLL(mlp(), popsize=4, data=torch.zeros(3))
+    with pytest.raises(ValueError, match="data="):
+        opt.step((0, 1, 8), nn.CrossEntropyLoss())
+    with pytest.raises(TypeError, match="batch"):
+        opt.step(torch.zeros(3, 4), nn.CrossEntropyLoss())
+    with pytest.raises(TypeError, match="loss_fn"):
+        opt.evaluate((torch.zeros(3, 4), torch.zeros(3)), "mse")
+    with pytest.raises(ValueError, match="evaluator"):
+        EGGROLL(mlp(), popsize=4, evaluator="gpu-cluster")
     with pytest.raises(ValueError, match="shapes"):
         EGGROLLES(torch.zeros(5), shapes=[(2, 2)])
     with pytest.raises(ValueError, match="popsize"):

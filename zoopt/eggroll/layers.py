@@ -9,6 +9,10 @@ small batched products. Nobody builds a member's W. When every member sees
 the same rows (``shared``), ``x B`` for all members is one GEMM against the
 concatenated ``B`` factors and the base GEMM runs on the shared rows only.
 
+On CUDA tensors the correction is :func:`zoopt.kernels.lowrank_correction` (the
+fused kernel draws each member's factors in registers); elsewhere it is the
+batched torch products below, on factors from :func:`zoopt.kernels.lowrank_factors`.
+
 The classes subclass the torch layers they replace (same parameters, same
 state_dict keys); with no active population they run the plain forward.
 Rows are member-major (see :mod:`.population`).

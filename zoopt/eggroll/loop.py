@@ -77,6 +77,8 @@ class MemberLoop(_PopulationAware):
             return original(self, *args, **kwargs)
         own = {name: p for name, p in self._parameters.items()
                if p is not None and self._eggroll_modes.get(name) in ("full", "lowrank")}
+        if not own:  # nothing of its own perturbed (vectors="frozen", excluded): one pass for all members
+            return original(self, *args, **kwargs)
         outs = []
         try:
             self._eggroll_looping = True
