@@ -90,6 +90,11 @@ def test_resume_with_another_dimension_or_method_says_so(tmp_path):
         zoopt.minimize(sphere, np.ones(4), method="openai_es", budget=64, popsize=8, checkpoint=other, resume=True)
 
 
+def test_resume_without_a_checkpoint_path_is_an_error():
+    with pytest.raises(ValueError, match="resume=True needs checkpoint="):
+        zoopt.minimize(sphere, np.ones(3), budget=16, resume=True)
+
+
 def test_cli_user_error_is_one_line_without_traceback(tmp_path, capsys):
     bad = tmp_path / "m.jsonl"
     bad.write_text('{"generation": 1, "loss": 2.0}\n{not json\n')

@@ -128,6 +128,8 @@ def run(strategy, problem: Problem, budget: int, evaluator=None, *, checkpoint: 
         raise ValueError(f"budget must be a positive int (evaluations), got {budget!r}")
     if isinstance(checkpoint_every, bool) or not isinstance(checkpoint_every, (int, np.integer)) or checkpoint_every < 1:
         raise ValueError(f"checkpoint_every must be an int >= 1, got {checkpoint_every!r}")
+    if resume and not checkpoint:
+        raise ValueError("resume=True needs checkpoint= (the file to resume from)")
     nfev, history = 0, []
     if checkpoint:
         checkpoint = os.fspath(checkpoint)
