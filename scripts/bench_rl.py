@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import random
 import sys
@@ -229,7 +228,7 @@ def main(argv=None) -> int:
                              args.final_episodes) for s in range(args.seeds)]
             results["evotorch PGPE"] = {"runs": runs}
             print(f"  evotorch PGPE: done ({sum(r['seconds'] for r in runs):.0f} s)", flush=True)
-        for label, entry in results.items():
+        for entry in results.values():
             runs = entry["runs"]
             entry["table"] = summarize(runs, args.checkpoints, budget)
             entry["final_mean"], entry["final_std"] = entry["table"][-1][1], entry["table"][-1][2]

@@ -45,7 +45,7 @@ def run(tmp_path, name, method, *extra):
 @pytest.mark.parametrize("method,extra", [("openai_es", ["--popsize", "24"]), ("sep_cma_es", ["--popsize", "24"]),
                                           ("polystep", ["--rank", "1"]),
                                           ("eggroll", ["--popsize", "24"])])
-def test_train_with_two_ray_actors_equals_the_in_process_run(ray_cluster, tmp_path, method, extra):
+def test_train_with_two_ray_actors_equals_the_in_process_run(ray_cluster, tmp_path, method, extra):  # noqa: F811
     if not on_ray(method):
         pytest.skip(f"zoopt.{method} takes no evaluator= in this checkout yet")
     local_records, local_state = run(tmp_path, "local", method, *extra)
@@ -60,7 +60,7 @@ def test_train_with_two_ray_actors_equals_the_in_process_run(ray_cluster, tmp_pa
     assert moved  # training changed the weights, so the equality above compares real steps
 
 
-def test_a_named_batch_leaves_its_rows_behind(ray_cluster):
+def test_a_named_batch_leaves_its_rows_behind(ray_cluster):  # noqa: F811
     """A batch named (epoch, k, batch_size) crosses as three ints; (x, y) by value ships the rows. Either way the
     actors score the batch the in-process optimizer scores."""
     from zoopt.problems import epoch_order

@@ -74,7 +74,7 @@ def test_quantized_policies_hold_int8_and_binary_weights(tmp_path):
     for quant in ("int8", "binary"):
         policy = Policy(PolicyConfig(4, 2, arch="mlp", hidden=(16,), quant=quant))
         flat = torch.randn(3, policy.dim, generator=torch.Generator().manual_seed(1))
-        for li, (w, b) in enumerate(policy.layers(flat)):
+        for w, _ in policy.layers(flat):
             for m in range(3):
                 values = torch.unique(w[m])
                 if quant == "binary":
@@ -371,7 +371,7 @@ def test_rl_eval_on_a_broken_policy_names_the_file(tmp_path, capsys, breakage, n
     assert needle in msg and "\n" not in msg.strip()
 
 
-def test_rl_on_two_ray_actors_equals_one_worker_for_every_method(ray_cluster, tmp_path):
+def test_rl_on_two_ray_actors_equals_one_worker_for_every_method(ray_cluster, tmp_path):  # noqa: F811
     """``zoopt rl --workers 2`` takes the same generations as ``--workers 1``: same records, same final policy
     and normalizer; through the CLI for one method, then every method on one pair of actors kept across runs."""
     from zoopt.cli import main
@@ -405,3 +405,27 @@ def test_rl_on_two_ray_actors_equals_one_worker_for_every_method(ray_cluster, tm
                 train_rl("CartPole-v1", method, budget=600, popsize=8, policy="mlp", hidden=(4,), eval_episodes=2,
                          out=str(tmp_path / f"{method}{workers}"), evaluator=evaluator)
             same(saved(tmp_path / f"{method}1"), saved(tmp_path / f"{method}2"))
+
+
+def test_ctrl_c_stops_rl_after_the_generation_and_saves(tmp_path):
+    import signal
+
+    from zoopt.rl import train_rl
+    from zoopt.training.figures import plot_run
+
+    class CtrlCAt(LocalEvaluator):
+        calls = 0
+
+        def __call__(self, problem, spec, members=None):
+            CtrlCAt.calls += 1
+            if CtrlCAt.calls == 2:
+                os.kill(os.getpid(), signal.SIGINT)
+            return super().__call__(problem, spec, members)
+
+    out = train_rl("CartPole-v1", "openai_es", budget=10_000, popsize=4, eval_episodes=1, out=str(tmp_path / "r"),
+                   evaluator=CtrlCAt())
+    assert out["stop"] == "interrupted" and out["generations"] == 2
+    assert json.load(open(tmp_path / "r" / "final" / "policy.json"))["meta"]["generation"] == 2
+    assert len(open(tmp_path / "r" / "metrics.jsonl").readlines()) == 2
+    os.remove(tmp_path / "r" / "learning_curve.png")
+    assert os.path.getsize(plot_run(str(tmp_path / "r"))) > 0  # zoopt plot can draw the same figure

@@ -5,7 +5,8 @@ The budget is counted in environment steps (the steps the training episodes
 really used) and is a cap: a generation starts only when the previous
 generation's cost still fits, so a run stops within one generation below the
 budget (the first generation always runs; its cost is reported when it alone
-passes the budget). Every ``eval_every`` generations the center is tested on
+passes the budget). Ctrl-C stops after the generation in flight and saves as at the
+end. Every ``eval_every`` generations the center is tested on
 its own seed stream (those steps are not charged to the budget); the center
 with the best test return so far is saved as ``best/``, the last one as
 ``final/`` (weights + ``policy.json``, each folder replaced atomically), with
@@ -110,6 +111,7 @@ def train_rl(env_id: str, method: str = "openai_es", *, budget: int = 200_000, p
 
     from zoopt.atomic import write_json
     from zoopt.problems.gym import GymProblem
+    from zoopt.training.interrupt import stop_on_interrupt
     from zoopt.workers import resolve_backend
 
     _check_int("budget", budget, 1)
@@ -150,53 +152,58 @@ def train_rl(env_id: str, method: str = "openai_es", *, budget: int = 200_000, p
     start = time.perf_counter()
     bar = tqdm(total=budget, disable=not progress, unit="step", unit_scale=True, dynamic_ncols=True)
     try:
-        while problem.env_steps < budget:
-            if history and problem.env_steps + last_cost > budget:
-                break  # the next generation would pass the budget: stop within one generation of it
-            spec = strategy.ask()
-            steps_before = problem.env_steps
-            fitness = evaluator(problem, spec)
-            last_cost = problem.env_steps - steps_before
-            if last_cost == 0:
-                raise RuntimeError("the evaluator did not report the workers' observation statistics and env "
-                                   "steps: it must merge each worker's problem.stats() into the driver's problem "
-                                   "with problem.merge_stats(); use --workers 1 until it does")
-            gen_stats = strategy.tell(fitness)
-            g = strategy.generation
-            rec = {"generation": g, "env_steps": problem.env_steps, "train_mean": -gen_stats["mean"],
-                   "train_max": -gen_stats["min"], "seconds": time.perf_counter() - start}
-            # training throughput: wall time so far minus the time spent testing the center
-            rec["steps_per_s"] = problem.env_steps / max(rec["seconds"] - test_seconds, 1e-9)
-            done = problem.env_steps >= budget or problem.env_steps + last_cost > budget
-            if eval_every_steps is None:
-                due = g % eval_every == 0
-            else:
-                due = problem.env_steps >= next_eval or g == 1
-                next_eval = (problem.env_steps // eval_every_steps + 1) * eval_every_steps
-            if due or done:
-                t_test = time.perf_counter()
-                center = strategy.center.detach().clone()
-                test = problem.evaluate_center(center, eval_episodes, generation=g)
-                rec.update(test_mean=float(test.mean()), test_std=float(test.std()))
-                if rec["test_mean"] > best["return"]:
-                    best = {"return": rec["test_mean"], "env_steps": problem.env_steps, "generation": g}
-                    if out:
-                        _save_policy(os.path.join(out, "best"), problem, center,
-                                     {**meta, "generation": g, "env_steps": problem.env_steps,
-                                      "test_mean": rec["test_mean"], "eval_generation": g})
-                if target is not None and reached_at is None and rec["test_mean"] >= target:
-                    reached_at = problem.env_steps
-                test_seconds += time.perf_counter() - t_test
-            rec["test_seconds"] = test_seconds
-            history.append(rec)
-            if metrics:
-                with open(metrics, "a") as fh:
-                    fh.write(json.dumps(rec) + "\n")
-            bar.update(min(problem.env_steps, budget) - bar.n)
-            bar.set_postfix(test=f"{rec.get('test_mean', float('nan')):.1f}", refresh=False)
-            if reached_at is not None:
-                stop = "target"
-                break
+        with stop_on_interrupt(lambda: tqdm.write("stopping after this generation (Ctrl-C again to "
+                                                 "abort)")) as ctrl_c:
+            while problem.env_steps < budget:
+                if ctrl_c.requested:
+                    stop = "interrupted"
+                    break
+                if history and problem.env_steps + last_cost > budget:
+                    break  # the next generation would pass the budget: stop within one generation of it
+                spec = strategy.ask()
+                steps_before = problem.env_steps
+                fitness = evaluator(problem, spec)
+                last_cost = problem.env_steps - steps_before
+                if last_cost == 0:
+                    raise RuntimeError("the evaluator did not report the workers' observation statistics and env "
+                                       "steps: it must merge each worker's problem.stats() into the driver's problem "
+                                       "with problem.merge_stats(); use --workers 1 until it does")
+                gen_stats = strategy.tell(fitness)
+                g = strategy.generation
+                rec = {"generation": g, "env_steps": problem.env_steps, "train_mean": -gen_stats["mean"],
+                       "train_max": -gen_stats["min"], "seconds": time.perf_counter() - start}
+                # training throughput: wall time so far minus the time spent testing the center
+                rec["steps_per_s"] = problem.env_steps / max(rec["seconds"] - test_seconds, 1e-9)
+                done = problem.env_steps >= budget or problem.env_steps + last_cost > budget
+                if eval_every_steps is None:
+                    due = g % eval_every == 0
+                else:
+                    due = problem.env_steps >= next_eval or g == 1
+                    next_eval = (problem.env_steps // eval_every_steps + 1) * eval_every_steps
+                if due or done:
+                    t_test = time.perf_counter()
+                    center = strategy.center.detach().clone()
+                    test = problem.evaluate_center(center, eval_episodes, generation=g)
+                    rec.update(test_mean=float(test.mean()), test_std=float(test.std()))
+                    if rec["test_mean"] > best["return"]:
+                        best = {"return": rec["test_mean"], "env_steps": problem.env_steps, "generation": g}
+                        if out:
+                            _save_policy(os.path.join(out, "best"), problem, center,
+                                         {**meta, "generation": g, "env_steps": problem.env_steps,
+                                          "test_mean": rec["test_mean"], "eval_generation": g})
+                    if target is not None and reached_at is None and rec["test_mean"] >= target:
+                        reached_at = problem.env_steps
+                    test_seconds += time.perf_counter() - t_test
+                rec["test_seconds"] = test_seconds
+                history.append(rec)
+                if metrics:
+                    with open(metrics, "a") as fh:
+                        fh.write(json.dumps(rec) + "\n")
+                bar.update(min(problem.env_steps, budget) - bar.n)
+                bar.set_postfix(test=f"{rec.get('test_mean', float('nan')):.1f}", refresh=False)
+                if reached_at is not None:
+                    stop = "target"
+                    break
     finally:
         bar.close()
         problem.close()

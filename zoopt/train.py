@@ -32,7 +32,7 @@ import json
 import math
 import os
 import time
-from typing import Callable, Iterable, Optional
+from typing import Callable, Optional
 
 import torch
 from tqdm.auto import tqdm
@@ -245,7 +245,8 @@ def train(model, data, loss_fn: Callable, opt, epochs: int = 1, *, batch_size: O
                     bar.set_postfix(loss=f"{loss:.4g}", refresh=False)
                     if log_every and step % log_every == 0 and "steps" in paths:
                         with open(paths["steps"], "a") as fh:
-                            fh.write(json.dumps({"step": step, "epoch": epoch + 1, "train_loss": sum(window) / len(window),
+                            fh.write(json.dumps({"step": step, "epoch": epoch + 1,
+                                                 "train_loss": sum(window) / len(window),
                                                  "train_loss_min": min(window), "train_loss_max": max(window),
                                                  "evaluations": _evaluations(opt), "train_time_s": train_time}) + "\n")
                         window = []

@@ -27,6 +27,8 @@ def register(sub) -> None:
     p.add_argument("--workers", type=int, default=1, help="more than 1 evaluates on Ray actors")
     p.add_argument("--backend", choices=("local", "ray"), default=None,
                    help="where members are evaluated (default: local for 1 worker, ray for more)")
+    p.add_argument("--address", default=None,
+                   help="join an existing Ray cluster ('auto' or HOST:PORT) instead of starting a private one")
     p.add_argument("--policy", default="linear", choices=["linear", "mlp"])
     p.add_argument("--hidden", default="64", help="MLP hidden sizes, comma-separated")
     p.add_argument("--quant", default="none", choices=["none", "fp32", "int8", "binary"],
@@ -65,11 +67,16 @@ def main(args) -> int:
     out = args.out or default_rl_dir(args.env, args.method, args.seed)
     s = train_rl(args.env, args.method, budget=args.budget, popsize=args.popsize, seed=args.seed,
                  policy=args.policy, hidden=_hidden(args.hidden), quant=quant, episodes=args.episodes,
-                 workers=args.workers, backend=args.backend, vector=args.vector, obs_norm=not args.no_obs_norm,
+                 workers=args.workers, backend=args.backend, address=args.address, vector=args.vector,
+                 obs_norm=not args.no_obs_norm,
                  gamma=args.gamma, action_penalty=args.action_penalty, alive_penalty=args.alive_penalty,
                  eval_every=args.eval_every, eval_episodes=args.eval_episodes, target=args.target, out=out,
                  force=args.force, progress=not args.no_progress,
                  strategy_options={"sigma": args.sigma, "lr": args.lr})
+    if s["stop"] == "interrupted":
+        print(f"zoopt rl: interrupted after generation {s['generations']}; best/, final/ and the metrics are saved "
+              f"in {out}")
+        return 130
     last = [r for r in s["history"] if "test_mean" in r][-1]
     over = ("" if s["env_steps"] <= s["budget"] else
             f" (the first generation alone took {s['first_generation_steps']} env steps, over the budget)")

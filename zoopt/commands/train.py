@@ -35,6 +35,8 @@ def register(sub) -> None:
     p.add_argument("--workers", type=int, default=1, help="evaluation workers (more than 1: Ray actors)")
     p.add_argument("--backend", choices=("local", "ray"), default=None,
                    help="where members are evaluated (default: local for 1 worker, ray for more)")
+    p.add_argument("--address", default=None,
+                   help="join an existing Ray cluster ('auto' or HOST:PORT) instead of starting a private one")
     p.add_argument("--out", default=None, help="run folder (default runs/train-MODEL-METHOD-DATA-seedS)")
     p.add_argument("--resume", action="store_true",
                    help="go on from the run folder's checkpoint.pt (same model, method, data and seed)")
@@ -62,7 +64,7 @@ def main(args) -> int:
                       seed=args.seed, limit_train=args.limit_train, limit_eval=args.limit_eval,
                       options={k: v for k, v in options.items() if v is not None},
                       polystep_overrides={"rank": args.rank, "polytope": args.polytope}, workers=args.workers,
-                      backend=args.backend, out=out, resume=args.resume, force=args.force,
+                      backend=args.backend, address=args.address, out=out, resume=args.resume, force=args.force,
                       time_limit=args.time_limit, log_every=args.log_every, checkpoint_every=args.checkpoint_every,
                       progress=not args.quiet)
     except TrainingInterrupted as exc:

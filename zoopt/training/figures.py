@@ -77,4 +77,29 @@ def plot_returns(history: list, path: str, title: str = "") -> str:
     return path
 
 
-__all__ = ["plot_training", "plot_returns"]
+
+def plot_run(run_dir: str) -> str:
+    """The figure of a ``zoopt train`` or ``zoopt rl`` run folder, from its ``metrics.jsonl``
+    (and ``steps.jsonl``); written as ``learning_curve.png`` there. Returns its path."""
+    import json
+    import os
+
+    def rows(name):
+        path = os.path.join(run_dir, name)
+        if not os.path.exists(path):
+            return []
+        with open(path) as fh:
+            return [json.loads(line) for line in fh if line.strip()]
+
+    records = rows("metrics.jsonl")
+    if not records:
+        raise ValueError(f"{os.path.join(run_dir, 'metrics.jsonl')}: no records to plot")
+    path = os.path.join(run_dir, "learning_curve.png")
+    if "env_steps" in records[0]:
+        return plot_returns(records, path, title=os.path.basename(os.path.abspath(run_dir)))
+    if "epoch" in records[0]:
+        return plot_training(records, path, steps=rows("steps.jsonl"), title=os.path.basename(os.path.abspath(run_dir)))
+    raise ValueError(f"{run_dir} is neither a zoopt train nor a zoopt rl run folder")
+
+
+__all__ = ["plot_training", "plot_returns", "plot_run"]

@@ -27,7 +27,8 @@ def default_run_dir(model: str, method: str, data: str, seed: int) -> str:
 def train_zoo(model_name: str, method: str = "polystep", *, data="digits", epochs: int = 30, batch_size: int = 512,
               seed: int = 0, limit_train: Optional[int] = None, limit_eval: Optional[int] = None,
               options: Optional[dict] = None, polystep_overrides: Optional[dict] = None, workers: int = 1,
-              backend: Optional[str] = None, evaluator_options: Optional[dict] = None, out: Optional[str] = None,
+              backend: Optional[str] = None, address: Optional[str] = None,
+              evaluator_options: Optional[dict] = None, out: Optional[str] = None,
               resume: bool = False, force: bool = False, time_limit: Optional[float] = None,
               log_every: Optional[int] = None, checkpoint_every: Optional[int] = None,
               checkpoint_seconds: float = 60.0, progress: bool = False, device: str = "cpu",
@@ -41,6 +42,7 @@ def train_zoo(model_name: str, method: str = "polystep", *, data="digits", epoch
     ``total_steps`` is the length of the methods' schedules (default: ``epochs`` times the steps per epoch;
     a run stopped by ``time_limit`` keeps the schedules of the nominal epochs; a resumed run keeps the
     length it started with, so more epochs go on at the schedules' final values).
+    ``address`` joins an existing Ray cluster (``"auto"`` or ``"host:port"``) instead of a private local one.
     ``out`` is the run folder (see :func:`zoopt.training.runs.prepare_run_dir` for ``resume``/``force``).
     """
     from zoopt.problems.zoo import MODELS, make_model, zoo_data
@@ -79,7 +81,8 @@ def train_zoo(model_name: str, method: str = "polystep", *, data="digits", epoch
     opt = make_optimizer(method, model, model_name=model_name, total_steps=schedule_steps,
                          seed=seed, options=options, polystep_overrides=polystep_overrides,
                          evaluator="ray" if remote else None,
-                         evaluator_options={"num_actors": workers, **(evaluator_options or {})} if remote else None,
+                         evaluator_options={"num_actors": workers, **({"address": address} if address else {}),
+                                            **(evaluator_options or {})} if remote else None,
                          data=train_split if remote else None, data_seed=seed)
     try:
         records = train(model, train_split, torch.nn.CrossEntropyLoss(), opt, epochs, batch_size=batch_size,
