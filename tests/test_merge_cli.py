@@ -33,6 +33,12 @@ def test_serve_merge_missing_folders_and_files(capsys, tmp_path):
     missing = str(tmp_path / "nope")
     one_line_naming(*run(capsys, "serve-merge", "--base", str(tmp_path), "--adapters", missing), "--adapters", missing)
     one_line_naming(*run(capsys, "serve-merge", "--base", missing, "--adapters", str(adapters)), str(adapters))
+    from test_merge import make_pool
+
+    make_pool(str(adapters), n=2)
+    one_line_naming(*run(capsys, "serve-merge", "--base", missing, "--adapters", str(adapters)), "--base", missing)
+    one_line_naming(*run(capsys, "serve-merge", "--base", str(tmp_path), "--adapters", str(adapters)),
+                    "--base", "config.json")
     presets = tmp_path / "presets.json"
     one_line_naming(*run(capsys, "serve-merge", "--base", str(tmp_path), "--adapters", str(adapters),
                          "--presets", str(presets)), "--presets", str(presets))

@@ -51,6 +51,8 @@ def load_base(base_dir: str, dtype=torch.float32):
     if not os.path.isdir(base_dir):
         raise FileNotFoundError(f"--base {base_dir} is not a folder")
     ggufs = sorted(glob.glob(os.path.join(base_dir, "*.gguf")))
+    if not ggufs and not os.path.isfile(os.path.join(base_dir, "config.json")):
+        raise FileNotFoundError(f"--base {base_dir}: no config.json (a transformers model folder) and no .gguf file")
     kwargs = {"gguf_file": os.path.basename(ggufs[0])} if ggufs else {}
     model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=dtype, **kwargs)
     has_tok = ggufs or any(os.path.exists(os.path.join(base_dir, f)) for f in ("tokenizer.json", "tokenizer.model"))
