@@ -1,4 +1,6 @@
 """zoopt.EGGROLL on Ray actors: the same run as in process, bit for bit; only small things travel."""
+import sys
+
 import pytest
 import torch
 from torch import nn
@@ -9,10 +11,26 @@ from conftest_ray import ray_cluster  # noqa: E402,F401
 from zoopt.eggroll import EGGROLL  # noqa: E402
 from zoopt.problems import epoch_order  # noqa: E402
 
+import ray  # noqa: E402
 
-def digits_mlp():
+ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # actors get this module's classes by value
+
+
+class PositionalMLP(nn.Module):
+    """A user module with a bare parameter: it runs once per member inside a population."""
+
+    def __init__(self):
+        super().__init__()
+        self.pos = nn.Parameter(torch.zeros(64))
+        self.net = nn.Sequential(nn.Linear(64, 16), nn.Tanh(), nn.Linear(16, 10))
+
+    def forward(self, x):
+        return self.net(x + self.pos)
+
+
+def digits_mlp(positional=False):
     torch.manual_seed(0)
-    return nn.Sequential(nn.Linear(64, 32), nn.Tanh(), nn.Linear(32, 10))
+    return PositionalMLP() if positional else nn.Sequential(nn.Linear(64, 32), nn.Tanh(), nn.Linear(32, 10))
 
 
 def digits_like(n=96):
@@ -20,8 +38,8 @@ def digits_like(n=96):
     return torch.randn(n, 64, generator=g), torch.randint(0, 10, (n,), generator=g)
 
 
-def train(evaluator, data, steps):
-    model = digits_mlp()
+def train(evaluator, data, steps, positional=False):
+    model = digits_mlp(positional)
     opt = EGGROLL(model, popsize=16, rank=2, sigma=0.1, lr=0.1, optimizer="adam", seed=3, evaluator=evaluator,
                   data=data, data_seed=5, chunk=4)
     loss = nn.CrossEntropyLoss()
@@ -40,6 +58,10 @@ def test_two_ray_actors_equal_the_local_run_bit_for_bit(ray_cluster):
         ray_losses, ray_state, opt = train(ev, (x, y), named + [(x[rows], y[rows])])
         fitness = opt.evaluate((0, 2, 32), nn.CrossEntropyLoss())
         traffic = dict(ev.traffic)
+        loop_ray = train(ev, (x, y), named[:2], positional=True)[1]
+    loop_local = train(None, (x, y), named[:2], positional=True)[1]
+    assert all(torch.equal(loop_ray[k], v) for k, v in loop_local.items())
+    assert not torch.equal(loop_local["pos"], torch.zeros(64))
     assert ray_losses == local_losses
     start = digits_mlp().state_dict()
     for name, tensor in local_state.items():

@@ -11,20 +11,17 @@ member shares are passed whole. Outputs are stacked member-major. Cost: one
 forward of the module per member (the layers inside it still never build a
 member's weights).
 
-The swapped class is made per user class (:func:`loop_class`) and found again
-by name when a model is unpickled (a Ray actor): the name encodes the user
-class's module and qualified name.
+The swapped class is made per user class (:func:`loop_class`); a pickled
+module records the user's class and its state, so a Ray actor that unpickles
+the model makes the same class again.
 """
 from __future__ import annotations
-
-import importlib
 
 import torch
 
 from .layers import _PopulationAware
 from .population import Population
 
-PREFIX = "MemberLoop_"
 _CLASSES: dict = {}
 
 
@@ -70,6 +67,10 @@ def _member_delta(pop: Population, module, name: str, p: torch.Tensor, i: int) -
 class MemberLoop(_PopulationAware):
     """Mixin: the module's own forward, once per member inside a population (see module doc)."""
 
+    def __reduce_ex__(self, protocol):
+        # pickled as (the user's class, the state): the loop class is made again where it is loaded
+        return _new_loop, (self._eggroll_original,), self.__getstate__()
+
     def forward(self, *args, **kwargs):
         pop = self._population()
         original = self._eggroll_original.forward
@@ -103,19 +104,13 @@ class MemberLoop(_PopulationAware):
 
 
 def loop_class(cls: type) -> type:
-    """The member-loop subclass of user class ``cls`` (made once, named so pickle finds it)."""
-    name = PREFIX + f"{cls.__module__}:{cls.__qualname__}".encode().hex()
-    if name not in _CLASSES:
-        _CLASSES[name] = type(name, (MemberLoop, cls), {"__module__": __name__, "__qualname__": name})
-    return _CLASSES[name]
+    """The member-loop subclass of user class ``cls`` (made once per class)."""
+    if cls not in _CLASSES:
+        _CLASSES[cls] = type(f"MemberLoop{cls.__name__}", (MemberLoop, cls), {"__module__": cls.__module__})
+    return _CLASSES[cls]
 
 
-def __getattr__(name: str):
-    """Unpickling looks the class up by name here: rebuild it from the user class it encodes."""
-    if name.startswith(PREFIX):
-        module, qualname = bytes.fromhex(name[len(PREFIX):]).decode().split(":", 1)
-        obj = importlib.import_module(module)
-        for part in qualname.split("."):
-            obj = getattr(obj, part)
-        return loop_class(obj)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+def _new_loop(cls: type):
+    """Unpickling: an empty instance of ``cls``'s member-loop class (its state follows)."""
+    loop = loop_class(cls)
+    return loop.__new__(loop)
