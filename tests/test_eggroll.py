@@ -207,6 +207,7 @@ def test_bad_arguments_name_the_argument():
                          (dict(sigma_decay=1.5), "sigma_decay")]:
         with pytest.raises((ValueError, TypeError), match=word):
             EGGROLL(model, **{"popsize": 8, **kwargs})
+    assert type(model[0]) is nn.Linear  # a refused configuration leaves the model's layers alone
     with pytest.raises(TypeError, match="model"):
         EGGROLL("not a model")
     with pytest.raises(ValueError, match=r"cannot perturb \['0.weight', '0.bias'\]"):

@@ -117,8 +117,6 @@ class EGGROLL:
             warnings.warn(message, stacklevel=2)
         if not self.plan.perturbed():
             raise ValueError("model has no parameter EGGROLL can perturb")
-        self.holder = PopulationHolder()
-        self.swapped = swap_layers(model, self.holder, self.plan)
         self.strategy = EGGROLLES(
             flatten_params(model), popsize=popsize, sigma=sigma, lr=lr, rank=rank,
             shapes=[tuple(pp.param.shape) for pp in self.plan.params], modes=[pp.mode for pp in self.plan.params],
@@ -128,12 +126,15 @@ class EGGROLL:
             nonfinite=nonfinite, noise_chunk=noise_chunk, optimizer_kwargs=optimizer_kwargs)
         self.scheduler = (torch.optim.lr_scheduler.LambdaLR(self.strategy.optimizer, lr_schedule)
                           if lr_schedule is not None else None)
+
         self.chunk = chunk or default_chunk(popsize)
         self.data = data
         self.problem = ModuleProblem(model, None, data if data is not None else _no_data, chunk=self.chunk,
                                      seed=data_seed)
         self.problem.population_chunk = self.chunk
         self.evaluator = make_evaluator(evaluator, **(evaluator_options or {}))
+        self.holder = PopulationHolder()  # arguments checked: now the model's layers change class
+        self.swapped = swap_layers(model, self.holder, self.plan)
         self.last_fitness = None
 
     # -- strategy state -----------------------------------------------------------
