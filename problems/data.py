@@ -63,14 +63,3 @@ def load_digits_split(seed: int = 0, val_fraction: float = 0.15, test_fraction: 
     norm = lambda a: (a - mean) / std  # noqa: E731
     return _to_torch({"x_train": norm(xtr), "y_train": ytr, "x_val": norm(xva), "y_val": yva,
                       "x_test": norm(xte), "y_test": yte})
-
-
-DATASETS = ("digits", "mnist")
-
-
-def load_dataset(name: str, **kwargs) -> dict:
-    if name == "digits":
-        return load_digits_split(**kwargs)
-    if name == "mnist":
-        return load_mnist(**kwargs)
-    raise ValueError(f"data must be one of {DATASETS}, got {name!r}")

@@ -30,19 +30,23 @@ def plot_training(records: list, path: str, steps: list | None = None, title: st
     for key, style in (("test_acc", "-o"), ("val_acc", "--o"), ("twin_test_acc", ":s")):
         if any(key in r for r in records):
             acc.plot(epochs, [100 * r.get(key, float("nan")) for r in records], style, label=key.replace("_", " "))
+    from matplotlib.ticker import MaxNLocator
+
+    acc.xaxis.set_major_locator(MaxNLocator(integer=True))
     acc.set_xlabel("epoch")
     acc.set_ylabel("accuracy %")
     acc.grid(alpha=0.3)
     if acc.lines:
         acc.legend(fontsize=8)
-    if steps:
+    if steps and len(steps) >= 2:
         xs = [s["step"] for s in steps]
-        loss.plot(xs, [s["train_loss"] for s in steps], lw=1.3, label="train loss (window mean)")
+        loss.plot(xs, [s["train_loss"] for s in steps], "-o", ms=2, lw=1.3, label="train loss (window mean)")
         loss.fill_between(xs, [s["train_loss_min"] for s in steps], [s["train_loss_max"] for s in steps], alpha=0.25,
                           label="window min-max")
         loss.set_xlabel("step")
     else:
         loss.plot(epochs, [r["train_loss"] for r in records], "-o", label="train loss (epoch mean)")
+        loss.xaxis.set_major_locator(MaxNLocator(integer=True))
         loss.set_xlabel("epoch")
     loss.set_ylabel("training loss")
     loss.grid(alpha=0.3)
