@@ -29,6 +29,7 @@ from torch import nn
 from zoopt.problems.module import BATCH_KEY, ModuleProblem
 from zoopt.workers import make_evaluator
 
+from .defaults import FULL_SPACE, subspace_defaults
 from .problem import BlockSetup, helpers
 from .strategy import PolyStepES
 from .subspace import SPARSE_THRESHOLD_BYTES
@@ -55,8 +56,11 @@ class PolyStep:
     that many steps). Particles: ``particle_dim`` (8 in a subspace, 2 in full
     space by default), ``polytope``, ``solver`` (default softmax in a
     subspace, sinkhorn in full space), ``epsilon``, ``step_radius``,
-    ``probe_radius``, ``num_probes``, ``probe_jitter``, ``scale_cost``,
-    ``momentum``, ``momentum_warmup``, ``biased_rotation``, ``amortize``.
+    ``probe_radius`` (None: chosen from the model's weights in a subspace,
+    :mod:`zoopt.polystep.defaults`; the reference's 0.1 / 1.0 / 2.0 in full
+    space; plain numbers are multiplied by epsilon), ``num_probes``,
+    ``probe_jitter``, ``scale_cost``, ``momentum``, ``momentum_warmup``,
+    ``biased_rotation``, ``amortize``.
     ``structured=False`` forces the generic vmap evaluation; ``compile``
     (True, False or "auto": only for large candidate stacks) lets
     ``torch.compile`` fuse the stages after a perturbed affine stage.
@@ -68,7 +72,7 @@ class PolyStep:
 
     def __init__(self, model: nn.Module, *, rank: Optional[int] = 4, max_subspace_dim: Optional[int] = None,
                  subspace_seed: int = 0, particle_dim: Optional[int] = None, solver: Optional[str] = None,
-                 epsilon=0.1, step_radius=1.0, probe_radius=2.0, absorb_interval: int = 0, seed: int = 0,
+                 epsilon=None, step_radius=None, probe_radius=None, absorb_interval: int = 0, seed: int = 0,
                  structured: bool = True, activation_bytes: Optional[int] = None,
                  sparse_threshold_bytes: int = SPARSE_THRESHOLD_BYTES, compile="auto", evaluator=None,
                  evaluator_options: Optional[dict] = None, data=None, data_seed: int = 0, **options):
@@ -97,9 +101,11 @@ class PolyStep:
         self.problem = ModuleProblem(model, None, tuple(data) if data is not None else _no_data, seed=data_seed)
         self.problem.block_setup = setup
         self._helpers = helpers(self.problem, particle_dim)
+        auto = subspace_defaults(self.subspace, theta_base) if rank is not None else FULL_SPACE
+        hyper = {name: auto[name] if value is None else value for name, value in
+                 (("epsilon", epsilon), ("step_radius", step_radius), ("probe_radius", probe_radius))}
         self.strategy = PolyStepES(torch.zeros(self.subspace.dim), particle_dim=particle_dim, solver=solver,
-                                   epsilon=epsilon, step_radius=step_radius, probe_radius=probe_radius, seed=seed,
-                                   dtype=dtype, auto_coast=False, **options)
+                                   seed=seed, dtype=dtype, auto_coast=False, **hyper, **options)
         # ranges of whole particles when an evaluator splits the members
         per = self.strategy.stepper.num_vertices * self.strategy.stepper.num_probes
         self.problem.chunk = per * max(1, self.problem.chunk // per)
