@@ -131,7 +131,6 @@ class EGGROLL:
         self.data = data
         self.problem = ModuleProblem(model, None, data if data is not None else _no_data, chunk=self.chunk,
                                      seed=data_seed)
-        self.problem.population_chunk = self.chunk
         self.evaluator = make_evaluator(evaluator, **(evaluator_options or {}))
         self.holder = PopulationHolder()  # arguments checked: now the model's layers change class
         self.swapped = swap_layers(model, self.holder, self.plan)
@@ -208,7 +207,6 @@ class EGGROLL:
             if self.problem.loss_fn is not None:  # a new problem object: evaluators re-ship it once
                 old = self.problem
                 self.problem = ModuleProblem(self.model, None, old.batches, chunk=old.chunk)
-                self.problem.population_chunk = self.chunk
             self.problem.loss_fn = loss_fn
 
     @torch.no_grad()

@@ -9,8 +9,10 @@ lives in ``problem.cache``, so a Ray actor builds its own from the model it
 received once.
 
 Every member's loss depends only on its own noise and the batch (antithetic
-pairs stay in one group), so any split of the members — in process, in
-``population_chunk`` forwards, or across actors — gives the same losses.
+pairs stay in one group) and on which members share its forward: the
+problem's ``chunk`` members at a time, from the start of each slice. Evaluators
+cut slices at multiples of ``chunk``, so in process or across Ray actors the
+forwards, and the losses, are the same bit for bit.
 """
 from __future__ import annotations
 
@@ -80,8 +82,7 @@ def evaluate_lowrank(problem, spec, members: torch.Tensor, x, y) -> torch.Tensor
         x = x.to(helper.device)
     if isinstance(y, torch.Tensor):
         y = y.to(helper.device)
-    step = getattr(problem, "population_chunk", None) or max(1, members.numel())
-    step += step % 2  # whole antithetic pairs per forward
+    step = problem.chunk + problem.chunk % 2  # whole antithetic pairs per forward; evaluators split at chunks
     losses = []
     for start in range(0, members.numel(), step):
         part = members[start:start + step]
