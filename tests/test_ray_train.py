@@ -42,8 +42,7 @@ def run(tmp_path, name, method, *extra):
     return records, torch.load(os.path.join(out, "checkpoint.pt"), weights_only=True)
 
 
-@pytest.mark.parametrize("method,extra", [("openai_es", ["--popsize", "24"]), ("sep_cma_es", ["--popsize", "24"]),
-                                          ("polystep", ["--rank", "1"]),
+@pytest.mark.parametrize("method,extra", [("openai_es", ["--popsize", "24"]), ("polystep", ["--rank", "1"]),
                                           ("eggroll", ["--popsize", "24"])])
 def test_train_with_two_ray_actors_equals_the_in_process_run(ray_cluster, tmp_path, method, extra):  # noqa: F811
     if not on_ray(method):

@@ -154,6 +154,27 @@ def test_ctrl_c_mid_epoch_keeps_the_step_and_resume_equals_the_uninterrupted_run
         assert torch.equal(a, b)
 
 
+def test_a_loader_resumes_mid_epoch_by_skipping_the_batches_it_already_took(tmp_path, digits):
+    x, y = digits["x_train"][:256], digits["y_train"][:256]
+    loader = [(x[i:i + 64], y[i:i + 64]) for i in range(0, 256, 64)]  # the same 4 batches every epoch
+
+    def setup():
+        model = make_model("mlp", in_features=64, seed=0)
+        return model, make_optimizer("openai_es", model, model_name="mlp", total_steps=8, seed=0,
+                                     options={"popsize": 4})
+
+    model, opt = setup()
+    straight = zoopt.train(model, loader, LOSS, opt, 2, out=str(tmp_path / "a"), progress=False)
+    model2, opt2 = setup()
+    with pytest.raises(TrainingInterrupted):
+        zoopt.train(model2, loader, LOSS, InterruptAt(opt2, 6), 2, out=str(tmp_path / "b"), progress=False)
+    model3, opt3 = setup()
+    resumed = zoopt.train(model3, loader, LOSS, opt3, 2, out=str(tmp_path / "b"), resume=True, progress=False)
+    assert [r["train_loss"] for r in resumed] == [r["train_loss"] for r in straight]
+    for a, b in zip(model.parameters(), model3.parameters()):
+        assert torch.equal(a, b)
+
+
 def test_mid_epoch_checkpoints_every_n_steps(tmp_path, digits):
     model = make_model("mlp", in_features=64, seed=0)
     opt = make_optimizer("openai_es", model, model_name="mlp", total_steps=10, seed=0, options={"popsize": 4})
