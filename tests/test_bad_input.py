@@ -185,3 +185,9 @@ def test_cli_ctrl_c_and_broken_archives_are_one_line(monkeypatch, capsys, tmp_pa
     monkeypatch.setattr("zoopt.plot.plot_metrics", broken)
     assert cli.main(["plot", str(good)]) == 2
     assert capsys.readouterr().err.startswith("zoopt plot: error: ")
+
+
+@pytest.mark.parametrize("argv, flag", [(["--generations", "0"], "--generations"), (["--popsize", "1"], "--popsize")])
+def test_demo_flags_are_checked_by_name(argv, flag, capsys, tmp_path):
+    assert cli.main(["demo", "--out", str(tmp_path), *argv]) == 2
+    assert capsys.readouterr().err.startswith(f"zoopt demo: error: {flag} must be")

@@ -14,6 +14,9 @@ def register(sub) -> None:
 def main(args) -> int:
     from zoopt.demo import run_demo
 
+    for flag, value, low in (("--generations", args.generations, 1), ("--popsize", args.popsize, 2)):
+        if value < low:
+            raise ValueError(f"{flag} must be >= {low}, got {value}")
     print("Training a 64-32-10 network with floor-step activations on scikit-learn digits by OpenAI-ES.")
     s = run_demo(out=args.out, generations=args.generations, popsize=args.popsize, seed=args.seed,
                  progress=not args.no_progress)
