@@ -161,6 +161,16 @@ def test_pickle_state_needs_the_explicit_opt_in(tmp_path):
     assert r.nfev == 16 and len(r.history) == 4
 
 
+def test_numpy_numbers_a_callback_adds_to_the_history_checkpoint(tmp_path):
+    ckpt = str(tmp_path / "c.pt")
+
+    def note(strategy, stats):
+        stats["spread"] = np.float64(stats["max"] - stats["min"])
+
+    zoopt.minimize(rosen, np.zeros(3), budget=32, popsize=8, checkpoint=ckpt, checkpoint_every=1, callback=note)
+    assert all(type(r["spread"]) is float for r in torch.load(ckpt, weights_only=True)["history"])
+
+
 def test_checkpoints_are_fsynced(tmp_path, monkeypatch):
     synced = []
     real_fsync = os.fsync

@@ -46,12 +46,17 @@ def save_checkpoint(path: str, strategy, nfev: int, history: list, allow_pickle:
     """Durable atomic write (a crash mid-save leaves the previous checkpoint), loadable with
     ``torch.load(weights_only=True)`` unless ``allow_pickle``."""
     state = {"format": CHECKPOINT_FORMAT, "method": strategy.name, "dim": int(strategy.center.numel()),
-             "strategy": strategy.state_dict(), "nfev": int(nfev), "history": history}
+             "strategy": strategy.state_dict(), "nfev": int(nfev), "history": [_plain(r) for r in history]}
     if allow_pickle:
         with atomic.atomic_open(path, "wb") as fh:
             torch.save(state, fh)
     else:
         atomic.save_torch(state, path)
+
+
+def _plain(record: dict) -> dict:
+    """A history record with numpy scalars (a callback may add them) as Python numbers."""
+    return {k: v.item() if isinstance(v, np.generic) else v for k, v in record.items()}
 
 
 def load_checkpoint(path: str, strategy, allow_pickle: bool = False) -> tuple[int, list]:
