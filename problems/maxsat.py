@@ -36,7 +36,7 @@ import os
 import re
 import zlib
 from dataclasses import dataclass, field
-from typing import Iterable, Optional, Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 import torch
@@ -556,7 +556,7 @@ def write_dimacs(instance: MaxSATInstance, target, fmt: Optional[str] = None) ->
         out.append((" ".join(map(str, tokens.tolist())) + " ").replace(" 0 ", " 0\n") if m else "")
     elif k is not None:
         rows = lits.reshape(m, k).tolist()
-        out.extend(p + " ".join(map(str, r)) + " 0\n" for p, r in zip(prefixes, rows))
+        out.extend(p + " ".join(map(str, r)) + " 0\n" for p, r in zip(prefixes, rows, strict=True))
     else:
         flat = lits.tolist()
         for c in range(m):

@@ -11,9 +11,9 @@ from zoopt.problems.maxsat import (BlockDelta, MaxSATInstance, VarClauseIndex, _
 
 def brute_cost(clauses, weights, hard, assign):
     """Cost by the definition, clause by clause in Python."""
-    soft_total = sum(w for w, h in zip(weights, hard) if not h)
+    soft_total = sum(w for w, h in zip(weights, hard, strict=True) if not h)
     cost = 0.0
-    for clause, w, h in zip(clauses, weights, hard):
+    for clause, w, h in zip(clauses, weights, hard, strict=True):
         sat = any(assign[abs(l) - 1] == (l > 0) for l in clause)
         if not sat:
             cost += (soft_total + 1) if h else w
@@ -117,7 +117,7 @@ def test_weighted_partial_cost_matches_definition():
         assert inst.cost(a) == pytest.approx(want)
         rep = inst.evaluate(a)
         assert rep["cost"] == pytest.approx(want)
-        assert rep["hard_violated"] == sum(1 for c, h in zip(clauses, hard) if h and not any(bits[abs(l) - 1] == (l > 0) for l in c))
+        assert rep["hard_violated"] == sum(1 for c, h in zip(clauses, hard, strict=True) if h and not any(bits[abs(l) - 1] == (l > 0) for l in c))
         costs.append(want)
     batch = torch.tensor(list(itertools.product([False, True], repeat=3)))
     assert inst.cost_batch(batch, chunk=3).tolist() == pytest.approx(costs)

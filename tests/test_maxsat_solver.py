@@ -31,6 +31,11 @@ def test_reference_constants_are_the_effective_ones():
     assert r["step_radius"] == pytest.approx(3000 * math.sqrt(0.1)) and r["probe_radius"] == pytest.approx(100 * math.sqrt(0.1))
     assert reference_constants(1_000_000) == {"cost_scale": "count", "epsilon": 5.0, "step_radius": 5000.0,
                                               "probe_radius": 500.0, "steps": 500}
+    # zoopt's default: the same at every size (count cost, a probe radius no |x| reaches)
+    assert maxsat_constants(1_000) == maxsat_constants(1_000_000) == {
+        "cost_scale": "count", "epsilon": 5.0, "step_radius": 5000.0, "probe_radius": 1e12, "steps": 3000}
+    with pytest.raises(ValueError, match="preset"):
+        maxsat_constants(10, "paper")
 
 
 def test_hard_assignment_encodings():

@@ -11,7 +11,8 @@ pairs are the particles (``d = 2``), each probed at the 4 vertices of its own
 rotated orthoplex, and the cost of a candidate is the cost of the current
 assignment plus the change from rewriting its pair.
 
-Constants live in :data:`CONFIGS`, one place:
+Constants live in one place, :func:`zoopt.zoo_configs.maxsat_config` (beside the
+paper's per-model configs), as two presets:
 
 * ``"reference"``: the constants the reference runs *effectively* used
   (polystep.md §6 item 4: their cosine schedules were built with swapped
@@ -58,38 +59,18 @@ from zoopt.polystep.particles import ParticleStepper
 from zoopt.polystep.schedules import Constant, Cosine
 from zoopt.problems.maxsat import (COST_SCALES, ENCODINGS, MaxSATInstance, MaxSATProblem,
                                    hard_assignment)
+from zoopt.zoo_configs import MAXSAT_COMMON, maxsat_config
 
-LARGE_N = 1_000_000
 PRESETS = ("default", "reference")
-MOMENTUM = (0.5, 0.95)
-MOMENTUM_WARMUP = 50          # the reference's max_iterations: beta reaches its final value at step 49
-AMORTIZE = 3
-INIT_SCALE = 0.1
 CHECKPOINT_FORMAT = "zoopt-maxsat-1"
-# solver memory per variable, literal and clause (bytes; measured peak at 1M variables, rounded up)
+# solver memory per variable, literal and clause (bytes; a rough bound from the measured peaks)
 BYTES_PER_VAR, BYTES_PER_LIT, BYTES_PER_CLAUSE = 400, 40, 40
 
 
-def _reference(n_vars: int) -> dict:
-    if n_vars >= LARGE_N:
-        return {"cost_scale": "count", "epsilon": 5.0, "step_radius": 5000.0, "probe_radius": 500.0, "steps": 500}
-    s = math.sqrt(n_vars / 100_000)
-    return {"cost_scale": "fraction", "epsilon": 5.0, "step_radius": 3000.0 * s, "probe_radius": 100.0 * s,
-            "steps": 3000}
-
-
-def _default(n_vars: int) -> dict:
-    return {"cost_scale": "count", "epsilon": 5.0, "step_radius": 5000.0, "probe_radius": 1e12, "steps": 3000}
-
-
-CONFIGS = {"reference": _reference, "default": _default}
-
-
 def maxsat_constants(n_vars: int, preset: str = "default") -> dict:
-    """``cost_scale``, ``epsilon``, ``step_radius``, ``probe_radius`` and ``steps`` of a preset."""
-    if preset not in CONFIGS:
-        raise ValueError(f"preset must be one of {PRESETS}, got {preset!r}")
-    return CONFIGS[preset](int(n_vars))
+    """``cost_scale``, ``epsilon``, ``step_radius``, ``probe_radius`` and ``steps`` of a preset
+    (:func:`zoopt.zoo_configs.maxsat_config`, next to the paper's per-model configs)."""
+    return maxsat_config(int(n_vars), preset)
 
 
 def reference_constants(n_vars: int) -> dict:
@@ -167,15 +148,15 @@ class PolyStepMaxSAT:
     coast step) and returns its stats; ``run(steps)`` loops (progress bar,
     callback, periodic checkpoints) and returns a :class:`MaxSATResult` with
     the best hard assignment seen. ``None`` arguments take the preset's
-    constants for this instance's size (:data:`CONFIGS`); ``steps`` is the
+    constants for this instance's size (:func:`maxsat_constants`); ``steps`` is the
     run's budget (and the horizon of the ``final`` anneal).
     """
 
     def __init__(self, instance: MaxSATInstance, *, seed: int = 0, preset: str = "default",
                  epsilon: Optional[float] = None, step_radius: Optional[float] = None,
                  probe_radius: Optional[float] = None, cost_scale=None, steps: Optional[int] = None,
-                 particle_dim: int = 2, amortize: int = AMORTIZE, momentum: bool = True,
-                 encoding: str = "sign", init_scale: float = INIT_SCALE, x0: Optional[torch.Tensor] = None,
+                 particle_dim: int = 2, amortize: int = MAXSAT_COMMON["amortize"], momentum: bool = True,
+                 encoding: str = "sign", init_scale: float = MAXSAT_COMMON["init_scale"], x0: Optional[torch.Tensor] = None,
                  final: Optional[dict] = None):
         if not isinstance(instance, MaxSATInstance):
             raise TypeError(f"instance must be a MaxSATInstance, got {type(instance).__name__}")
@@ -217,7 +198,8 @@ class PolyStepMaxSAT:
             n, particle_dim=particle_dim, polytope="orthoplex", solver="softmax",
             epsilon=self._schedule("epsilon"), step_radius=self._schedule("step_radius"),
             probe_radius=self._schedule("probe_radius"), num_probes=1,
-            momentum=MOMENTUM if self.momentum else None, momentum_warmup=MOMENTUM_WARMUP,
+            momentum=MAXSAT_COMMON["momentum"] if self.momentum else None,
+            momentum_warmup=MAXSAT_COMMON["momentum_warmup"],
             amortize=self.amortize, seed=seed, x0=x, dtype=torch.float64)
         self.n_particles = self.stepper.num_particles
         self.evaluations = 0
@@ -363,4 +345,4 @@ def solve_maxsat(instance: MaxSATInstance, steps: Optional[int] = None, seed: in
 
 
 __all__ = ["PolyStepMaxSAT", "MaxSATResult", "solve_maxsat", "maxsat_constants", "reference_constants",
-           "hard_assignment", "CONFIGS", "PRESETS", "COST_SCALES", "check_memory", "solver_bytes"]
+           "hard_assignment", "PRESETS", "COST_SCALES", "check_memory", "solver_bytes"]

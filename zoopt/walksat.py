@@ -140,11 +140,11 @@ class LocalSearch:
                 return vs[breaks.index(0)]
             if self.rng.random() < self.noise:
                 return vs[self.rng.randrange(len(vs))]
-            ties = [u for u, b in zip(vs, breaks) if b == best]
+            ties = [u for u, b in zip(vs, breaks, strict=True) if b == best]
             return ties[self.rng.randrange(len(ties))]
         probs = [(self.eps + b) ** -self.cb for b in breaks]
         r = self.rng.random() * sum(probs)
-        for u, p in zip(vs, probs):
+        for u, p in zip(vs, probs, strict=True):
             r -= p
             if r <= 0:
                 return u

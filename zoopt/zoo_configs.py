@@ -70,5 +70,26 @@ def polystep_kwargs(cfg: dict, total_steps: int, seed: int) -> dict:
     return kw
 
 
+# PolyStep on MAX-SAT (zoopt.maxsat; full space, 2-D particles, radii used as they are). "reference": the
+# constants the paper's runs effectively used (polystep.md §6 item 4: swapped cosine arguments made every
+# step after the first use the nominal initial values); "default": zoopt's, the same at every size, with a
+# probe radius far above every |x| a run reaches (the reference 1M constants freeze; see zoopt/maxsat.py).
+MAXSAT_LARGE_N = 1_000_000
+MAXSAT_COMMON = dict(momentum=(0.5, 0.95), momentum_warmup=MOMENTUM_WARMUP, amortize=3, init_scale=0.1)
+
+
+def maxsat_config(n_vars: int, preset: str = "default") -> dict:
+    """``cost_scale``, ``epsilon``, ``step_radius``, ``probe_radius`` and ``steps`` for ``n_vars`` variables."""
+    if preset == "default":
+        return {"cost_scale": "count", "epsilon": 5.0, "step_radius": 5000.0, "probe_radius": 1e12, "steps": 3000}
+    if preset != "reference":
+        raise ValueError(f"preset must be 'default' or 'reference', got {preset!r}")
+    if n_vars >= MAXSAT_LARGE_N:
+        return {"cost_scale": "count", "epsilon": 5.0, "step_radius": 5000.0, "probe_radius": 500.0, "steps": 500}
+    s = (n_vars / 100_000) ** 0.5
+    return {"cost_scale": "fraction", "epsilon": 5.0, "step_radius": 3000.0 * s, "probe_radius": 100.0 * s,
+            "steps": 3000}
+
+
 __all__ = ["PAPER_CONFIGS", "POLYSTEP_COMMON", "ES_DEFAULTS", "RL_DEFAULTS", "polystep_config", "schedules",
-           "polystep_kwargs"]
+           "polystep_kwargs", "MAXSAT_COMMON", "maxsat_config"]
