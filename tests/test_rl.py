@@ -345,7 +345,8 @@ def test_rl_run_folders_are_not_overwritten_without_force(tmp_path, capsys):
             "--out", str(tmp_path / "r")]
     assert main(base) == 0
     first = open(tmp_path / "r" / "metrics.jsonl").read()
-    assert "already holds a run" in _message(base + ["--seed", "1"], capsys)
+    msg = _message(base + ["--seed", "1"], capsys)
+    assert "already holds a run" in msg and "--force" in msg and "--resume" not in msg  # rl cannot resume
     assert open(tmp_path / "r" / "metrics.jsonl").read() == first
     assert main(base + ["--seed", "1", "--force"]) == 0
     assert json.load(open(tmp_path / "r" / "summary.json"))["seed"] == 1

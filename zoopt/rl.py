@@ -137,7 +137,7 @@ def train_rl(env_id: str, method: str = "openai_es", *, budget: int = 200_000, p
             from zoopt.training.runs import prepare_run_dir
 
             prepare_run_dir(out, {**meta, "budget": budget, "policy": policy, "hidden": list(hidden),
-                                  "quant": quant}, force=force)
+                                  "quant": quant}, force=force, resumable=False)
         owned = evaluator is None
         if owned:
             evaluator = make_rl_evaluator(workers, backend, address)

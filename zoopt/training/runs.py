@@ -16,8 +16,10 @@ def holds_run(out: str) -> bool:
     return any(os.path.exists(os.path.join(out, name)) for name in RUN_MARKERS)
 
 
-def prepare_run_dir(out: str, config: dict, *, resume: bool = False, force: bool = False) -> str:
-    """Create (or reuse, for ``resume``) the run folder ``out`` and record ``config`` in ``run.json``."""
+def prepare_run_dir(out: str, config: dict, *, resume: bool = False, force: bool = False,
+                    resumable: bool = True) -> str:
+    """Create (or reuse, for ``resume``) the run folder ``out`` and record ``config`` in ``run.json``.
+    ``resumable=False``: the command cannot resume, so the refusal does not suggest it."""
     from zoopt.atomic import write_json
 
     if resume and force:
@@ -30,8 +32,9 @@ def prepare_run_dir(out: str, config: dict, *, resume: bool = False, force: bool
         return out
     if os.path.isdir(out) and holds_run(out):
         if not force:
-            raise FileExistsError(f"{out} already holds a run; pass --resume to continue it, --force to replace "
-                                  f"it, or --out for a new folder")
+            hint = "--resume to continue it, " if resumable else ""
+            raise FileExistsError(f"{out} already holds a run; pass {hint}--force to replace it, or --out for a "
+                                  f"new folder")
         shutil.rmtree(out)
     os.makedirs(out, exist_ok=True)
     write_json(os.path.join(out, RUN_FILE), config)
