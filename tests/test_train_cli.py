@@ -236,7 +236,8 @@ def test_a_checkpoint_of_another_model_shape_is_refused_with_its_file(tmp_path, 
                                           (["--batch-size", "100000"], "batch_size must be <="),
                                           (["--epochs", "0"], "epochs must be an int >= 1"),
                                           (["--workers", "0"], "workers must be an int >= 1"),
-                                          (["--threads", "0"], "--threads must be >= 1")])
+                                          (["--threads", "0"], "--threads must be >= 1"),
+                                          (["--device", "tpu9"], "device must be a torch device")])
 def test_bad_arguments_get_one_line_naming_them(tmp_path, capsys, flags, needle):
     msg = cli_error(["train", "--model", "mlp", "--method", "adam", "--data", "digits", "--quiet",
                      "--out", str(tmp_path / "x"), *flags], capsys)

@@ -32,6 +32,7 @@ def register(sub) -> None:
     p.add_argument("--popsize", type=int, default=None, help="population size (openai_es, sep_cma_es, eggroll)")
     p.add_argument("--sigma", type=float, default=None, help="noise scale (openai_es, sep_cma_es, eggroll)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--device", default="cpu", help="torch device for the model and data (cpu, cuda, cuda:1, ...)")
     p.add_argument("--workers", type=int, default=1, help="evaluation workers (more than 1: Ray actors)")
     p.add_argument("--backend", choices=("local", "ray"), default=None,
                    help="where members are evaluated (default: local for 1 worker, ray for more)")
@@ -66,7 +67,7 @@ def main(args) -> int:
                       polystep_overrides={"rank": args.rank, "polytope": args.polytope}, workers=args.workers,
                       backend=args.backend, address=args.address, out=out, resume=args.resume, force=args.force,
                       time_limit=args.time_limit, log_every=args.log_every, checkpoint_every=args.checkpoint_every,
-                      progress=not args.quiet)
+                      progress=not args.quiet, device=args.device)
     except TrainingInterrupted as exc:
         print(f"zoopt train: {exc}")
         return 130

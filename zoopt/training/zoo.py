@@ -52,6 +52,12 @@ def train_zoo(model_name: str, method: str = "polystep", *, data="digits", epoch
     if model_name not in MODELS:
         raise ValueError(f"model must be one of {sorted(MODELS)}, got {model_name!r}")
     backend = resolve_backend(workers, backend)
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise ValueError(f"device must be a torch device such as 'cpu' or 'cuda', got {device!r} ({exc})") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {str(device)!r}: torch sees no CUDA device on this machine; use --device cpu")
     data_name = data if isinstance(data, str) else "custom"
     if isinstance(data, str):
         data = zoo_data(data, limit_train=limit_train, limit_eval=limit_eval)
