@@ -258,7 +258,7 @@ def train(model, data, loss_fn: Callable, opt, epochs: int = 1, *, batch_size: O
                     if stop.requested:
                         raise TrainingInterrupted(
                             f"interrupted at epoch {epoch + 1}, step {step}" + (f"; checkpoint {paths['ckpt']} "
-                                                                                  f"(resume to go on)" if out else ""))
+                                                                                  f"(--resume / resume=True goes on from it)" if out else ""))
                     if time_limit is not None and train_time >= time_limit:
                         out_of_time = True
                         break
