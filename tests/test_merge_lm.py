@@ -16,7 +16,7 @@ def test_batched_losses_match_one_forward_per_example():
     sm = SlotModel(LlamaForCausalLM(cfg).eval(), config, slots=2, rows_per_forward=3)
     g = torch.Generator().manual_seed(1)
     for slot in range(2):  # distinct random adapters in the two slots
-        for name, layer in sm.layers.items():
+        for layer in sm.layers.values():
             if hasattr(layer, "lora_A") and f"slot{slot}" in layer.lora_A:
                 for w in (layer.lora_A[f"slot{slot}"].weight, layer.lora_B[f"slot{slot}"].weight):
                     w.data.copy_(torch.randn(w.shape, generator=g) * 0.3)

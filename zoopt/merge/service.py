@@ -193,7 +193,7 @@ def create_app(slot_model, pool, tokenizer, token: str | None, presets: dict | N
         detail = [{"loc": list(e["loc"]), "msg": e["msg"], "type": e["type"]} for e in exc.errors()]
         return JSONResponse({"detail": detail}, status_code=422)
 
-    def authorize(cred: HTTPAuthorizationCredentials | None = Security(bearer)) -> None:
+    def authorize(cred: HTTPAuthorizationCredentials | None = Security(bearer)) -> None:  # noqa: B008 (FastAPI's idiom)
         if token is None:
             return
         if cred is None or not hmac.compare_digest(cred.credentials.encode(), token.encode()):
