@@ -169,50 +169,6 @@ def probe_points(centers: torch.Tensor, template: torch.Tensor, rotations: torch
     return centers[:, None, None, :] + probe_offsets(template, rotations, radius, num_probes)
 
 
-# -- legacy: zoopt/maxsat.py still draws its rotations from a torch.Generator; remove both once it
-# -- runs on ParticleStepper (nothing else may use them)
-def step_generator(seed: int, step: int, stream: int = 0, device=None) -> torch.Generator:
-    mixed = (int(seed) * 0x9E3779B97F4A7C15 + int(step) * 0xBF58476D1CE4E5B9 + int(stream) * 0x94D049BB133111EB)
-    mixed ^= mixed >> 31
-    g = torch.Generator(device=device if device is not None else "cpu")
-    g.manual_seed(mixed % (2 ** 63))
-    return g
-
-
-def _haar_from_gaussian(gauss: torch.Tensor) -> torch.Tensor:
-    """Map i.i.d. standard normal matrices ``[n, d, d]`` to Haar-distributed rotations in SO(d).
-
-    ``d = 1``: the identity (SO(1) is trivial). ``d = 2``: the rotation taking
-    ``e_0`` to the normalized first column (its angle is uniform). ``d > 2``:
-    ``Q`` of the QR decomposition times the signs of ``diag(R)`` (Haar on O(d),
-    sign(0) = +1), then column 0 negated where ``det = -1``.
-    """
-    if gauss.dim() != 3 or gauss.shape[1] != gauss.shape[2]:
-        raise ValueError(f"gauss must have shape [n, d, d], got {tuple(gauss.shape)}")
-    n, d = gauss.shape[0], gauss.shape[1]
-    if d == 1:
-        return torch.ones_like(gauss)
-    if d == 2:
-        col = gauss[:, :, 0]
-        norm = col.norm(dim=1, keepdim=True)
-        unit = torch.where(norm > 0, col / norm.clamp_min(torch.finfo(col.dtype).tiny), torch.tensor([1.0, 0.0], dtype=col.dtype, device=col.device))
-        c, s = unit[:, 0], unit[:, 1]
-        return torch.stack([torch.stack([c, -s], 1), torch.stack([s, c], 1)], 1)
-    q, r = torch.linalg.qr(gauss)
-    diag = torch.diagonal(r, dim1=-2, dim2=-1)
-    signs = torch.where(diag < 0, -torch.ones_like(diag), torch.ones_like(diag))
-    q = q * signs[:, None, :]
-    flip = torch.linalg.det(q) < 0
-    q[:, :, 0] = torch.where(flip[:, None], -q[:, :, 0], q[:, :, 0])
-    return q
-
-
-def haar_rotations(count: int, dim: int, *, generator: torch.Generator, dtype=torch.float32) -> torch.Tensor:
-    gauss = torch.randn(count, dim, dim, generator=generator, device=generator.device, dtype=torch.float32)
-    compute = torch.float64 if dtype == torch.float64 else torch.float32
-    return _haar_from_gaussian(gauss.to(compute)).to(dtype=dtype)
-
-
 __all__ = ["POLYTOPES", "orthoplex_vertices", "simplex_vertices", "cube_vertices", "polytope_vertices",
            "num_vertices", "step_rotations", "jitter_uniform", "biased_rotations", "rotated_vertices",
            "probe_scales", "probe_offsets", "probe_points", "ROTATION_TENSOR_ID", "JITTER_TENSOR_ID"]
