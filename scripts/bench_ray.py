@@ -28,6 +28,12 @@
     actor would give, 2 x (1-actor CPU/step) / (2-actor CPU/step), which time
     slicing by other processes does not distort. Target: 2 actors >= 1.7x the
     wall steps/s of 1.
+(4) ``modules``: module training on Ray actors, 1 vs 2 actors: PolyStep on the
+    zoo SNN and EGGROLL (rank 1, 128 members) on an MNIST MLP 784-128-10,
+    batches of 256 named by (epoch, k, batch size) so the training split goes to
+    each actor once. Steps/s, bytes sent per step against shipping every
+    candidate's weights (members x params x 4), actor and driver CPU s per step,
+    and whether 1 and 2 actors give the same losses.
 
 Timings on a shared machine are distorted by other processes; the load
 average is printed and saved. Writes runs/bench_ray/bench_ray.json and bench_ray.png.
@@ -378,6 +384,9 @@ def plot(results: dict, path: str) -> None:
         ov = results["overhead"]
         panels.append(("trivial fn, N=1024", "ms / generation", ["local", "Ray 1", "Ray 2"],
                        [ov["local_ms"], ov["ray1_ms"], ov["ray2_ms"]]))
+    for name, r in results.get("modules", {}).items():
+        panels.append((f"{name}: 2 vs 1 actor {r['speedup_2_vs_1']:.2f}x", "steps / s", ["Ray 1", "Ray 2"],
+                       [r["ray1"]["steps_per_s"], r["ray2"]["steps_per_s"]]))
     for name, r in results.get("speedup", {}).items():
         panels.append((f"{name}: 2 vs 1 actor {r['speedup_2_vs_1']:.2f}x", "env steps / s",
                        ["local", "2 procs", "Ray 1", "Ray 2"],
@@ -395,7 +404,68 @@ def plot(results: dict, path: str) -> None:
     fig.savefig(path, dpi=120)
 
 
-PARTS = ("overhead", "bytes", "speedup")
+def module_run(method: str, actors: int, data, steps: int, batch_size: int) -> dict:
+    """``steps`` training steps of ``method`` (PolyStep on the zoo SNN, EGGROLL on an MNIST MLP) on ``actors``
+    Ray actors, after one warm-up step; the training split goes to each actor once, batches by name."""
+    from zoopt.problems.zoo.models import make_model
+    from zoopt.workers.ray_evaluator import RayEvaluator
+
+    ev = RayEvaluator(actors, actor_config={"num_cpus": 1})
+    loss_fn = torch.nn.CrossEntropyLoss()
+    if method == "polystep":
+        model = make_model("snn", seed=0)
+        opt = zoopt.PolyStep(model, seed=0, evaluator=ev, data=data)
+        members = opt.evaluations_per_step
+    else:
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(torch.nn.Linear(784, 128), torch.nn.Tanh(), torch.nn.Linear(128, 10))
+        members = 128
+        opt = zoopt.EGGROLL(model, popsize=members, rank=1, sigma=0.05, lr=0.05, seed=0, evaluator=ev, data=data)
+    params = sum(t.numel() for t in model.parameters())
+    try:
+        losses = [opt.step((0, 0, batch_size), loss_fn)]  # warm-up: actors load the model and the split
+        ev.actor_cpu_seconds()  # returns once every actor holds them
+        traffic0 = {k: ev.traffic[k] for k in ("payload_bytes", "task_bytes", "result_bytes")}
+        actor0, driver0, wall0 = ev.actor_cpu_seconds(), time.process_time(), time.perf_counter()
+        for k in range(1, steps + 1):
+            losses.append(opt.step((0, k, batch_size), loss_fn))
+        wall = time.perf_counter() - wall0
+        driver_cpu, actor_cpu = time.process_time() - driver0, ev.actor_cpu_seconds() - actor0
+        sent = sum(ev.traffic[k] - traffic0[k] for k in ("payload_bytes", "task_bytes")) / steps
+        back = (ev.traffic["result_bytes"] - traffic0["result_bytes"]) / steps
+    finally:
+        if hasattr(opt, "close"):
+            opt.close()
+        ev.close()
+    return {"steps_per_s": steps / wall, "params": params, "members_per_step": members,
+            "bytes_sent_per_step": sent, "bytes_back_per_step": back, "candidate_weights_bytes": 4 * params * members,
+            "actor_cpu_s_per_step": actor_cpu / steps, "driver_cpu_s_per_step": driver_cpu / steps, "losses": losses}
+
+
+def bench_modules(steps: int, batch_size: int, limit_train: int) -> dict:
+    """(4) module training on Ray: PolyStep on the zoo SNN and EGGROLL on an MNIST MLP, 1 vs 2 actors."""
+    from zoopt.problems.data import load_mnist
+
+    mnist = load_mnist(limit_train=limit_train)
+    data = (mnist["x_train"], mnist["y_train"])
+    out = {}
+    for method, label in (("polystep", "PolyStep, zoo SNN"), ("eggroll", "EGGROLL, MNIST MLP 784-128-10")):
+        one, two = (module_run(method, actors, data, steps, batch_size) for actors in (1, 2))
+        r = out[method] = {"ray1": one, "ray2": two, "speedup_2_vs_1": two["steps_per_s"] / one["steps_per_s"],
+                           # what a free core per actor would give (time slicing by other processes aside)
+                           "cpu_speedup_2_vs_1": 2 * one["actor_cpu_s_per_step"] / two["actor_cpu_s_per_step"],
+                           "same_losses": one["losses"] == two["losses"]}
+        print(f"(4) {label}: {one['steps_per_s']:.2f} -> {two['steps_per_s']:.2f} steps/s with 2 actors "
+              f"({r['speedup_2_vs_1']:.2f}x wall, {r['cpu_speedup_2_vs_1']:.2f}x by actor CPU; same losses: "
+              f"{r['same_losses']}); sent {two['bytes_sent_per_step'] / 1e3:.1f}"
+              f" kB/step vs {two['candidate_weights_bytes'] / 1e6:.1f} MB of candidate weights "
+              f"({two['members_per_step']} x {two['params']:,} params); actor CPU s/step "
+              f"{one['actor_cpu_s_per_step']:.3f} (1) vs {two['actor_cpu_s_per_step']:.3f} (2), driver "
+              f"{two['driver_cpu_s_per_step']:.3f}", flush=True)
+    return out
+
+
+PARTS = ("overhead", "bytes", "speedup", "modules")
 
 
 def main(argv=None) -> dict:
@@ -451,6 +521,8 @@ def main(argv=None) -> dict:
                     print(f"(3) {label} skipped: {exc}")
                     continue
             results["speedup"][env] = bench_speedup(label, make_problem, pops[args.full], rounds[args.full])
+    if "modules" in parts:
+        results["modules"] = bench_modules(steps=8 if args.full else 3, batch_size=256, limit_train=4096)
     results["load_average_end"] = os.getloadavg()[0]
     print(f"load average at the end {results['load_average_end']:.1f} on {os.cpu_count()} cores: wall-clock ratios "
           "above are distorted when other processes share the cores", flush=True)
