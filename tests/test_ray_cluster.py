@@ -89,6 +89,32 @@ def test_the_private_cluster_listens_on_loopback_only_and_refuses_peers_without_
                 continue
 
 
+def test_an_address_means_ray_and_every_command_gets_the_same_option():
+    import argparse
+
+    from zoopt.workers import add_cluster_arguments, make_evaluator, resolve_backend
+
+    assert resolve_backend(1) == "local" and resolve_backend(1, None, "auto") == "ray"
+    assert resolve_backend(4, None, "10.0.0.1:6379") == "ray"
+    with pytest.raises(ValueError, match="address"):
+        resolve_backend(1, "local", "auto")
+    with pytest.raises(ValueError, match="address"):
+        resolve_backend(1, None, "")
+    with pytest.raises(ValueError, match="address"):
+        make_evaluator("local", address="auto")
+    parser = argparse.ArgumentParser()
+    add_cluster_arguments(parser)
+    assert parser.parse_args([]).address is None
+    assert parser.parse_args(["--address", "10.0.0.1:6379"]).address == "10.0.0.1:6379"
+
+
+def test_joining_a_dead_address_fails_fast_naming_it():
+    from zoopt.workers.ray_cluster import connect
+
+    with pytest.raises(ConnectionError, match="127.0.0.1:9"):
+        connect("127.0.0.1:9", connect_timeout_s=2)
+
+
 # -- a real two-node cluster -------------------------------------------------------------------------------
 
 # The driver: joins the cluster at argv[1] with RayEvaluator(address=...), 2 actors spread over the nodes,

@@ -119,6 +119,7 @@ def _reload_auth_config() -> None:
 
 def _use_new_token() -> None:
     """Write a fresh token to a private file and point this process (and what it starts) at it."""
+    _forget_token()  # a previous private cluster ended by ray.shutdown() alone
     token_dir = tempfile.mkdtemp(prefix="zoopt-ray-")  # mode 0700
     path = os.path.join(token_dir, "auth_token")
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
