@@ -5,8 +5,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from zoopt.problems.zoo import (MODELS, make_model, model_stages, quantize_int8, run_stages, smooth_twin,
-                                stage_inputs, stage_of_parameters, staircase, zoo_data)
+from zoopt.polystep.evaluate import BlockEvaluator, model_stages
+from zoopt.polystep.subspace import HybridSubspace
+from zoopt.problems.zoo import MODELS, make_model, quantize_int8, smooth_twin, staircase, zoo_data
 from zoopt.problems.zoo.layers import LIFHidden, LIFReadout, QuantizedDense
 
 PARAMS_784 = {"snn": 101_770, "int8": 118_282, "argmax": 119_306, "staircase": 118_282,
@@ -34,20 +35,26 @@ def test_moe_with_20_classes_has_the_papers_parameter_count():
 
 @pytest.mark.parametrize("name", sorted(MODELS))
 def test_stages_compose_to_the_forward_and_own_every_parameter(name):
-    model = make_model(name, seed=3)
-    x = torch.randn(6, 784)
-    inputs = stage_inputs(model, x)
-    assert torch.equal(inputs[-1], model(x))
-    for k in range(len(model_stages(model))):
-        assert torch.equal(run_stages(model, inputs[k], start=k), inputs[-1])
-    owner = stage_of_parameters(model)
-    assert sorted(owner) == sorted(n for n, _ in model.named_parameters())
+    """The stage protocol as PolyStep's staged evaluator reads it (zoopt.polystep.evaluate)."""
+    model = make_model(name, seed=3, in_features=64)
+    x = torch.randn(6, 1, 8, 8)
     stages = model_stages(model)
-    for pname, k in owner.items():
+    assert len({n for n, _ in stages}) == len(stages)
+    inputs = [x.flatten(1)]
+    for _, module in stages:
+        inputs.append(module(inputs[-1]))
+    assert torch.equal(inputs[-1], model(x))
+    for stage_name, module in stages:
+        assert module is getattr(model, stage_name)
+    evaluator = BlockEvaluator(model, HybridSubspace.from_module(model, rank=1, max_subspace_dim=64), 8)
+    assert evaluator.stages is not None  # every parameter is owned by exactly one stage
+    params = dict(model.named_parameters())
+    for pname, (k, local) in evaluator.owner.items():
         stage_name, module = stages[k]
-        local = pname[len(stage_name) + 1:]
-        assert pname.startswith(stage_name + ".")
-        assert dict(module.named_parameters())[local] is dict(model.named_parameters())[pname]
+        assert pname == f"{stage_name}.{local}" and dict(module.named_parameters())[local] is params[pname]
+    assert sorted(evaluator.owner) == sorted(params)
+    acts = evaluator._stage_inputs(x)
+    assert evaluator.input_mode == "flatten" and all(torch.equal(a, b) for a, b in zip(acts, inputs))
 
 
 def test_snn_input_current_is_computed_once_per_forward():

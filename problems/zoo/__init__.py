@@ -4,7 +4,5 @@ smooth twin, written as chains of stages (see ``models``)."""
 from .layers import quantize_int8, staircase
 from .models import MODELS, StagedNet, make_model, smooth_twin
 from .prep import zoo_data
-from .staging import model_stages, run_stages, stage_inputs, stage_of_parameters
 
-__all__ = ["MODELS", "StagedNet", "make_model", "smooth_twin", "zoo_data", "quantize_int8", "staircase",
-           "model_stages", "run_stages", "stage_inputs", "stage_of_parameters"]
+__all__ = ["MODELS", "StagedNet", "make_model", "smooth_twin", "zoo_data", "quantize_int8", "staircase"]

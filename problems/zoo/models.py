@@ -30,8 +30,8 @@ exactly one stage: model parameter ``f"{name}.{local}"`` is the stage's
 parameter ``local``, so ``functional_call(module, {local: ...}, (h,))`` runs
 one stage with candidate weights. A candidate that perturbs only parameters
 of stage k can reuse the output of stages ``0..k-1`` computed once with the
-current weights (:func:`problems.zoo.staging.stage_inputs`). Stages may have
-no parameters (the SNN's hidden LIF population) and may pass non-2-D
+current weights (PolyStep's staged evaluator, :mod:`zoopt.polystep.evaluate`).
+Stages may have no parameters (the SNN's hidden LIF population) and may pass non-2-D
 tensors (the SNN passes its spike train ``[B, T, 128]``), but every stage's
 input and output has the batch as its leading dimension, so candidates can be
 stacked into the batch. The SNN's first
