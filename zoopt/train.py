@@ -256,9 +256,8 @@ def train(model, data, loss_fn: Callable, opt, epochs: int = 1, *, batch_size: O
                         checkpoint(epoch, k + 1, epoch_losses)
                         saved_at, saved_step = time.perf_counter(), step
                     if stop.requested:
-                        raise TrainingInterrupted(
-                            f"interrupted at epoch {epoch + 1}, step {step}" + (f"; checkpoint {paths['ckpt']} "
-                                                                                  f"(--resume / resume=True goes on from it)" if out else ""))
+                        where = f"; checkpoint {paths['ckpt']} (--resume / resume=True goes on from it)" if out else ""
+                        raise TrainingInterrupted(f"interrupted at epoch {epoch + 1}, step {step}{where}")
                     if time_limit is not None and train_time >= time_limit:
                         out_of_time = True
                         break
