@@ -303,3 +303,24 @@ def test_optimize_job_runs_with_strict_inputs(service):
         time.sleep(0.05)
     assert job["status"] == "done", job
     assert job["result"]["queries"] == 16
+
+
+def test_session_and_job_caps_answer_429_and_delete_frees_a_session(tmp_path):
+    from fastapi.testclient import TestClient
+
+    pool = make_pool(str(tmp_path / "pool"), n=2)
+    app = create_app(SlotModel(tiny_llama(), pool.config, slots=2), pool, ByteTokenizer(), TOKEN,
+                     max_sessions=2, max_jobs=1)
+    with TestClient(app) as http:
+        ids = [http.post("/v1/sessions", json={"records": RECORDS}, headers=AUTH).json()["session"] for _ in range(2)]
+        full = http.post("/v1/sessions", json={"records": RECORDS}, headers=AUTH)
+        assert full.status_code == 429 and full.headers["retry-after"] == "1"
+        assert http.delete(f"/v1/sessions/{ids[0]}", headers=AUTH).status_code == 200
+        assert http.delete(f"/v1/sessions/{ids[0]}", headers=AUTH).status_code == 404
+        body = {"alpha": [1.0, 1.0], "beta": [0.5, 0.5]}
+        assert http.post(f"/v1/sessions/{ids[0]}/evaluate", json=body, headers=AUTH).status_code == 404
+        assert http.post("/v1/sessions", json={"records": RECORDS}, headers=AUTH).status_code == 200
+        job = {"budget_alpha": 0, "budget_beta": 400, "popsize": 2}
+        assert http.post(f"/v1/sessions/{ids[1]}/optimize", json=job, headers=AUTH).status_code == 200
+        busy = http.post(f"/v1/sessions/{ids[1]}/optimize", json=job, headers=AUTH)
+        assert busy.status_code == 429, busy.text  # one job at a time here
