@@ -209,15 +209,14 @@ class PolyStep:
             spec = self.strategy.ask()
             spec.extras[BATCH_KEY] = named
             fitness = self.evaluator(self.problem, spec)
-            x, y = self.problem.batch_for(spec)
-            self._write()  # a local evaluation leaves theta in place; a remote one never touched it
+            x, y = self.problem.batch_for(spec)  # the model still holds theta(z): nothing moved yet
             loss = float(loss_fn(self.model(x), y))
             self.strategy.tell(fitness)
             self.last_stats = self.strategy.last_stats
             self.evaluations += spec.popsize
         if self.absorb_interval and self.stepper.step % self.absorb_interval == 0:
             self.absorb()
-        self._write()
+        self._helpers.at_center(self.theta_base, self.stepper.center)
         return loss
 
     def close(self) -> None:
