@@ -36,8 +36,16 @@ fraction cost keeps the softmax almost uniform, the moves small and ``|x|``
 below ``rho / 2`` for the run's length (it grows by ~0.004 per step at
 100,000 variables), so steps keep paying there. With a probe radius far above
 every ``|x|``, all four sign patterns of each pair are probed at every step
-whatever the cost scale, and the run keeps improving (see
-``scripts/bench_maxsat.py`` for the measured figures).
+whatever the cost scale, and the run keeps improving.
+
+Measured (random 3-SAT, seed 0, one thread; CPU seconds, as the shared
+2-core machine ran at load 10-20): 100,000 variables, 3000 steps: default
+98.706% (59 s), reference 98.046% (71 s; the former solver 98.030%).
+1,000,000 variables: reference constants frozen at 93.35%; default 98.634%
+after 927 steps (5.0 min) and still improving. At 10,000 / 1,000 / 100
+variables (3000 steps) default 98.61 / 98.36 / 99.06% vs reference 98.07 /
+97.85 / 98.83%. The compiled probSAT peer (scripts/bench_maxsat.py) is far
+ahead: 99.52% at 100,000 variables in 11 s.
 
 Both presets: amortize 3 (EMA 0.7), momentum 0.5 -> 0.95 over the first 50
 steps, init ``randn * 0.1``, one probe per vertex at half the probe radius,
