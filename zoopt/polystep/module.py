@@ -84,7 +84,6 @@ class PolyStep:
             raise ValueError("max_subspace_dim needs a subspace (rank is None means full space)")
         if data is not None and (not isinstance(data, (tuple, list)) or len(data) != 2):
             raise TypeError("data must be None or a pair (x_train, y_train)")
-        self.evaluator = make_evaluator(evaluator, **(evaluator_options or {}))
         self.model = model
         params = [p for p in model.parameters() if p.requires_grad]
         if not params:
@@ -113,6 +112,7 @@ class PolyStep:
         self._shipped_loss = None
         self.evaluations = 0  # candidate forward passes (the one center forward per step is not counted)
         self.last_stats: dict = {}
+        self.evaluator = make_evaluator(evaluator, **(evaluator_options or {}))  # last: may start Ray actors
 
     # -- parameters ------------------------------------------------------------------------------
     @property
