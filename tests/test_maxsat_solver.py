@@ -224,6 +224,31 @@ def test_checkpoint_resume_is_bit_identical(tmp_path):
         PolyStepMaxSAT(inst, seed=3, steps=45).load(str(tmp_path / "junk.pt"))
 
 
+def test_ctrl_c_saves_the_finished_step_and_resumes_exactly(tmp_path):
+    import signal
+
+    from zoopt.training.interrupt import TrainingInterrupted
+
+    inst = random_ksat(200, seed=6)
+    plain = PolyStepMaxSAT(inst, seed=1, steps=30)
+    straight = plain.run()
+    ckpt = str(tmp_path / "c.pt")
+    solver = PolyStepMaxSAT(inst, seed=1, steps=30)
+
+    def ctrl_c(stats):
+        if stats["step"] == 10:
+            os.kill(os.getpid(), signal.SIGINT)      # arrives while the run is between steps 10 and 11
+
+    with pytest.raises(TrainingInterrupted, match="stopped at step 11"):
+        solver.run(checkpoint=ckpt, callback=ctrl_c)
+    resumed = PolyStepMaxSAT(inst, seed=1, steps=30)
+    resumed.load(ckpt)
+    assert resumed.it == 11
+    again = resumed.run()
+    assert torch.equal(again.assign, straight.assign) and torch.equal(resumed.x, plain.x)
+    assert again.evaluations == straight.evaluations and again.cost == straight.cost
+
+
 def test_block_specs_are_scored_without_building_points(monkeypatch):
     """MaxSATProblem scores PolyStep's block spec by delta evaluation, equal to scoring its points."""
     inst = random_ksat(61, seed=9)

@@ -54,9 +54,11 @@ anneals any of eps / step radius / probe radius by a cosine over the run.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import math
 import os
+import sys
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Optional
@@ -67,6 +69,7 @@ from zoopt.polystep.particles import ParticleStepper
 from zoopt.polystep.schedules import Constant, Cosine
 from zoopt.problems.maxsat import (COST_SCALES, ENCODINGS, MaxSATInstance, MaxSATProblem,
                                    hard_assignment)
+from zoopt.training.interrupt import StopRequest, TrainingInterrupted, stop_on_interrupt
 from zoopt.zoo_configs import MAXSAT_COMMON, maxsat_config
 
 PRESETS = ("default", "reference")
@@ -305,12 +308,22 @@ class PolyStepMaxSAT:
         self.load_state_dict(load_torch(path), where=str(path))
 
     # -- the loop --------------------------------------------------------------------------------
+    @staticmethod
+    def _stop_on_interrupt(checkpoint):
+        """With a checkpoint path, the first Ctrl-C stops the run after the step in flight (a second
+        quits at once); without one, Ctrl-C interrupts as usual."""
+        if not checkpoint:
+            return contextlib.nullcontext(StopRequest())
+        return stop_on_interrupt(lambda: print("\nstopping after this step (Ctrl-C again to quit at once)",
+                                               file=sys.stderr, flush=True))
+
     def run(self, steps: Optional[int] = None, progress: bool = False,
             callback: Optional[Callable[[dict], None]] = None, log_every: int = 0,
             checkpoint: Optional[str] = None, checkpoint_every: int = 0) -> MaxSATResult:
         """Run until the global step reaches ``steps`` (default: the budget; a resumed run continues
         to it) and return the best assignment; ``checkpoint_every`` steps (and at the end) the
-        state goes to ``checkpoint``."""
+        state goes to ``checkpoint``, and with a checkpoint a Ctrl-C saves the finished step there and
+        raises :class:`~zoopt.training.interrupt.TrainingInterrupted`."""
         target = self.steps if steps is None else _int("steps", steps, 0)
         if checkpoint_every and not checkpoint:
             raise ValueError("checkpoint_every needs a checkpoint path")
@@ -319,19 +332,25 @@ class PolyStepMaxSAT:
             from tqdm.auto import tqdm
             bar = tqdm(total=target, initial=min(self.it, target), desc="polystep maxsat", unit="step")
         history, t0, seconds0 = [], time.perf_counter(), self.seconds
-        while self.it < target:
-            stats = self.step()
-            self.seconds = seconds0 + time.perf_counter() - t0
-            if log_every and stats["step"] % log_every == 0:
-                history.append({"step": stats["step"], "cost": stats["cost"], "best": self.best_cost,
-                                "evaluations": self.evaluations, "seconds": self.seconds})
-            if callback is not None:
-                callback(stats)
-            if checkpoint_every and self.it % checkpoint_every == 0 and self.it < target:
-                self.save(checkpoint)
-            if bar is not None:
-                bar.update(1)
-                bar.set_postfix(best=f"{self.best_cost:g}", cost=f"{stats['cost']:g}", refresh=False)
+        with self._stop_on_interrupt(checkpoint) as stop:
+            while self.it < target:
+                stats = self.step()
+                self.seconds = seconds0 + time.perf_counter() - t0
+                if log_every and stats["step"] % log_every == 0:
+                    history.append({"step": stats["step"], "cost": stats["cost"], "best": self.best_cost,
+                                    "evaluations": self.evaluations, "seconds": self.seconds})
+                if callback is not None:
+                    callback(stats)
+                if stop.requested:   # Ctrl-C: the step in flight is done, save it and stop
+                    if bar is not None:
+                        bar.close()
+                    self.save(checkpoint)
+                    raise TrainingInterrupted(f"stopped at step {self.it}; resume from {checkpoint}")
+                if checkpoint_every and self.it % checkpoint_every == 0 and self.it < target:
+                    self.save(checkpoint)
+                if bar is not None:
+                    bar.update(1)
+                    bar.set_postfix(best=f"{self.best_cost:g}", cost=f"{stats['cost']:g}", refresh=False)
         self.seconds = seconds0 + time.perf_counter() - t0
         if checkpoint:  # before the final state is scored, so a resumed run counts exactly like a straight one
             self.save(checkpoint)
