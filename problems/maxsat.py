@@ -436,9 +436,9 @@ def _parse_weight(tok: str, where: str) -> float:
             w = float(tok)
         except ValueError:
             raise ValueError(f"{where}: clause weight {tok!r} is not a number") from None
-    if not (math.isfinite(w) and w > 0):
+    if not w > 0:
         raise ValueError(f"{where}: clause weight must be > 0, got {tok}")
-    if w > MAX_WEIGHT:
+    if not w <= MAX_WEIGHT:   # inf too
         raise ValueError(f"{where}: clause weight {tok} is above 2**63 - 1 (the MaxSAT format's limit)")
     return w
 
