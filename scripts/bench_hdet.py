@@ -54,9 +54,9 @@ Writes runs/bench_hdet/results.json and bench_hdet_seed<N>.png.
     2.221 ± 0.190, best plain peak of each seed 2.033 ± 0.033; HDET 0.04 2.038 ± 0.082, no signal
     0.04 2.028 ± 0.070; HDET 0.08 2.237 ± 0.242, no signal 0.08 2.262 ± 0.248. Paired: HDET − no
     signal +0.010 ± 0.018 at 0.04 and −0.025 ± 0.057 at 0.08; HDET − best plain of each seed
-    +0.005 ± 0.063 (0.04) and +0.204 ± 0.252 (0.08). Every interval but the last holds 0: the
-    signal's effect is not distinguishable from zero here, and the controller ended at its floor
-    (0.22-0.24 of the peak) in every run, i.e. the signal pushed the LR down into the clamp.
+    +0.005 ± 0.063 (0.04) and +0.204 ± 0.252 (0.08). Every paired interval holds 0: the
+    signal's effect is not distinguishable from zero here. HDET's base LR ended at or just above
+    its floor (0.22-0.24 of the peak) in every run, so the zero-order steps moved it little.
 """
 from __future__ import annotations
 
