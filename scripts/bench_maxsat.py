@@ -18,6 +18,13 @@ the local searches), evaluations/s, time and peak memory; writes JSON + PNG to -
     python scripts/bench_maxsat.py                      # n = 100, 1000, 10000 (CPU default)
     python scripts/bench_maxsat.py --sizes 100000       # one size
     python scripts/bench_maxsat.py --full               # n = 100 .. 1,000,000
+
+Measured on this 2-core machine (random 3-SAT, one thread; flips/s per CPU second):
+n = 10,000 (load ~7, PolyStep 3000 steps in 30 s wall): PolyStep 98.614%, compiled WalkSAT
+99.724% and probSAT 99.867% in the same wall time (2.7-2.8M flips/s); at n = 1,000 the C
+local search makes 7.2M flips/s, the Python fallback ~48K (n = 100,000). n = 1,000,000 (quiet):
+compiled probSAT 99.346% in 60 s (20.4M flips, 342K flips/s), WalkSAT 99.182% (306K flips/s);
+PolyStep (zoopt maxsat, default preset, 3000 steps) 98.682% in 928 CPU s.
 """
 from __future__ import annotations
 
