@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import glob
-import json
 import math
 import os
 import sys
@@ -22,7 +21,8 @@ from torch import nn
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
-from zoopt.eggroll.integer import EggConfig, EggLM, IntegerEGGROLL, bits_per_byte, param_count  # noqa: E402
+from zoopt import atomic  # noqa: E402
+from zoopt.eggroll.integer import EggConfig, EggLM, IntegerEGGROLL, alpha_at, bits_per_byte, param_count  # noqa: E402
 
 
 def stdlib_bytes(limit: int, val_fraction: float = 0.1):
@@ -42,6 +42,17 @@ def stdlib_bytes(limit: int, val_fraction: float = 0.1):
     train = torch.frombuffer(bytearray(b"".join(docs[:-n_val])), dtype=torch.uint8).to(torch.int64)
     val = torch.frombuffer(bytearray(b"".join(docs[-n_val:])), dtype=torch.uint8).to(torch.int64)
     return train, val, len(docs)
+
+
+def ngram_bits(train: torch.Tensor, targets: torch.Tensor, inputs: torch.Tensor | None = None) -> float:
+    """Bits/byte on ``targets`` of add-one-smoothed byte counts from ``train``: unigram, or bigram
+    (conditioned on ``inputs``, the previous byte). The floor a model must beat to have learned anything."""
+    if inputs is None:
+        counts = torch.bincount(train, minlength=256).double() + 1
+        return float(-(counts / counts.sum()).log2()[targets].mean())
+    counts = torch.bincount(train[:-1] * 256 + train[1:], minlength=256 * 256).double().view(256, 256) + 1
+    probs = counts / counts.sum(1, keepdim=True)
+    return float(-probs[inputs, targets].log2().mean())
 
 
 def windows(data: torch.Tensor, count: int, length: int, generator: torch.Generator):
@@ -70,6 +81,35 @@ class TinyTransformer(nn.Module):
         mask = nn.Transformer.generate_square_subsequent_mask(T)
         h = self.blocks(self.emb(x) + self.pos[:T], mask=mask, is_causal=True)
         return self.head(self.norm(h))
+
+
+def update_signal(args, train) -> list:
+    """How much of one integer EGGROLL update is signal, per population size: two independent
+    populations (seeds s, s+1) score the same center on the same windows; only the signal in their
+    accumulators ``Z`` is shared, so corr(Z_1, Z_2) over all elements estimates the signal's share of
+    one update's variance. ``agree``: for the top fraction alpha of |Z_1| (what a step at alpha_t moves),
+    how often sign(Z_2) agrees (0.5: pure noise)."""
+    cfg = EggConfig(dim=args.dim, layers=args.layers, sigma_shift=args.sigma_shift, alpha=args.alpha)
+    model = EggLM(cfg, seed=args.seed)
+    windows_per_step = args.popsize // args.group_size
+    x, y = windows(train, windows_per_step, args.tokens, torch.Generator().manual_seed(args.seed))
+    rows = []
+    for n in args.diagnose:
+        zs = []
+        for seed in (args.seed, args.seed + 1):
+            es = IntegerEGGROLL(model, popsize=n, seed=seed, group_size=n // windows_per_step)
+            zs.append(torch.cat([z.reshape(-1).double() for z in es.accumulate(es.fitness(x, y)).values()]))
+        corr = float(torch.corrcoef(torch.stack(zs))[0, 1])
+        row = {"popsize": n, "corr": corr}
+        for t in (1, 300, 1000):
+            a = alpha_at(args.alpha, t)
+            top = zs[0].abs() >= zs[0].abs().quantile(1 - a) if a < 1 else torch.ones_like(zs[0], dtype=torch.bool)
+            row[f"agree_t{t}"] = float((torch.sign(zs[0][top]) == torch.sign(zs[1][top])).double().mean())
+            row[f"alpha_t{t}"] = a
+        print(f"[signal] N={n}: corr(Z1, Z2) {corr:.4f}; sign agreement of the moved entries at t=1/300/1000: "
+              f"{row['agree_t1']:.3f} / {row['agree_t300']:.3f} / {row['agree_t1000']:.3f}", flush=True)
+        rows.append(row)
+    return rows
 
 
 def float_bits_per_byte(model, inputs, targets, chunk=64):
@@ -134,6 +174,8 @@ def main(argv=None):
     p.add_argument("--sigma-shift", dest="sigma_shift", type=int, default=4, help="sigma = 2^-sigma_shift")
     p.add_argument("--group-size", dest="group_size", type=int, help="members sharing one window")
     p.add_argument("--skip-float", action="store_true", help="train only the EGG model")
+    p.add_argument("--diagnose", type=int, nargs="+", metavar="N",
+                   help="only measure the signal share of one update at these population sizes (see update_signal)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="runs/egg_lm")
@@ -153,8 +195,16 @@ def main(argv=None):
     vx, vy = windows(val, args.val_windows, args.tokens, torch.Generator().manual_seed(1234))
     print(f"corpus: {n_docs} stdlib files, {train.numel()} train / {val.numel()} val bytes", flush=True)
     results = {"config": {k: getattr(args, k) for k in defaults}, "corpus_files": n_docs,
-               "train_bytes": train.numel(), "val_bytes": val.numel()}
+               "train_bytes": train.numel(), "val_bytes": val.numel(),
+               "unigram_bits_per_byte": ngram_bits(train, vy), "bigram_bits_per_byte": ngram_bits(train, vy, vx)}
+    print(f"references on the val windows: unigram {results['unigram_bits_per_byte']:.3f}, "
+          f"bigram {results['bigram_bits_per_byte']:.3f} bits/byte", flush=True)
     results["config"].update(alpha=args.alpha, sigma_shift=args.sigma_shift)
+    if args.diagnose:
+        results["update_signal"] = update_signal(args, train)
+        os.makedirs(args.out, exist_ok=True)
+        atomic.write_json(os.path.join(args.out, "signal.json"), results)
+        return results
     if not args.skip_float:
         results["float_transformer"] = train_float(args, train, vx, vy)
     results["egg_int8"] = train_egg(args, train, vx, vy)
@@ -162,8 +212,7 @@ def main(argv=None):
         results["ratio_bits_egg_over_float"] = (results["egg_int8"]["final_bits_per_byte"]
                                                 / results["float_transformer"]["final_bits_per_byte"])
     os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, "results.json"), "w") as fh:
-        json.dump(results, fh, indent=1)
+    atomic.write_json(os.path.join(args.out, "results.json"), results)
     try:
         import matplotlib
         matplotlib.use("Agg")

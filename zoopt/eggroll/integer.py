@@ -334,8 +334,9 @@ class IntegerEGGROLL:
         rows = members // self.group_size
         return self.model.log_likelihood(inputs[rows], targets[rows], self.noise(members))
 
-    def tell(self, fitness: torch.Tensor) -> dict:
-        """Apply the sign-of-pair-difference update from int fitness ``[popsize]``."""
+    def accumulate(self, fitness: torch.Tensor) -> dict:
+        """``{name: Z}`` (int64, the parameter's shape): ``Z = sum_k F_k A_k B_k^T`` for matrices,
+        ``sum_k F_k eps1_k eps2_k`` for vectors, with ``F_k = sign(R_2k - R_2k+1)`` from int fitness ``[popsize]``."""
         fitness = torch.as_tensor(fitness)
         if fitness.shape != (self.popsize,):
             raise ValueError(f"fitness must have shape ({self.popsize},), got {tuple(fitness.shape)}")
@@ -343,20 +344,29 @@ class IntegerEGGROLL:
             raise TypeError("fitness must be an integer tensor on the integer path")
         F = torch.sign(fitness[0::2].to(torch.int64) - fitness[1::2].to(torch.int64)).to(torch.int32)  # [P]
         P = F.numel()
-        tau = tau_at(self.model.cfg.alpha, self.generation)
-        bound = tau * math.isqrt(P) * 256
         noise = IntNoise(torch.arange(0, self.popsize, 2), self.seed, self.generation, self.model.cfg)
-        moved = total = 0
+        out = {}
         for name, theta in self.model.params.items():
             if theta.dim() == 2:
                 m, n = theta.shape
                 z = noise.int8_normal(name, n + m)                                 # pair factors (sign +)
                 A, B = z[:, n:].to(torch.int32), z[:, :n].to(torch.int32)
                 mode = self.model.cfg.matmul if P * I8 * I8 < EXACT_FLOAT_LIMIT else "int"
-                Z = int_mm((A * F[:, None]).t(), B, mode).to(torch.int64)               # [m, n], exact
+                out[name] = int_mm((A * F[:, None]).t(), B, mode).to(torch.int64)      # [m, n], exact
             else:
                 z = noise.int8_normal(name, 2 * theta.numel()).to(torch.int64)
-                Z = (F[:, None].to(torch.int64) * z[:, :theta.numel()] * z[:, theta.numel():]).sum(0)
+                out[name] = (F[:, None].to(torch.int64) * z[:, :theta.numel()] * z[:, theta.numel():]).sum(0)
+        return out
+
+    def tell(self, fitness: torch.Tensor) -> dict:
+        """Apply the sign-of-pair-difference update from int fitness ``[popsize]``."""
+        fitness = torch.as_tensor(fitness)
+        P = self.popsize // 2
+        tau = tau_at(self.model.cfg.alpha, self.generation)
+        bound = tau * math.isqrt(P) * 256
+        moved = total = 0
+        for name, Z in self.accumulate(fitness).items():
+            theta = self.model.params[name]
             step = torch.sign(Z) * (Z.abs() * 16 >= bound)
             self.model.params[name] = clip8(theta.to(torch.int32) + step.to(torch.int32))
             moved += int((step != 0).sum())
