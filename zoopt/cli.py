@@ -18,27 +18,31 @@ import sys
 import zipfile
 
 import zoopt.commands
+from zoopt.loggers import MissingExtra
 
 # what bad input raises (argument checks, unreadable, truncated or missing files); OSError
 # subclasses only where the cause is the user's path, so a failing disk or network still shows
 # its traceback
 USER_ERRORS = (ValueError, TypeError, FileNotFoundError, FileExistsError, IsADirectoryError,
-               NotADirectoryError, PermissionError, EOFError, zipfile.BadZipFile)
+               NotADirectoryError, PermissionError, EOFError, zipfile.BadZipFile, MissingExtra)
 USAGE_EXIT = 2
 
 
 def build_parser() -> argparse.ArgumentParser:
     from zoopt import __version__
 
+    from zoopt.commands.options import HelpFormatter
+
     parser = argparse.ArgumentParser(
-        prog="zoopt", description="Forward-only optimization engine.",
+        prog="zoopt", description="Forward-only optimization engine.", formatter_class=HelpFormatter,
         epilog="Errors in your input print one line; --debug (or ZOOPT_DEBUG=1) shows the traceback.")
     parser.add_argument("--version", action="version", version=f"zoopt {__version__}")
     parser.add_argument("--debug", action="store_true", help="show tracebacks for errors in the input")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for info in sorted(pkgutil.iter_modules(zoopt.commands.__path__), key=lambda m: m.name):
         module = importlib.import_module(f"zoopt.commands.{info.name}")
-        module.register(sub)
+        if hasattr(module, "register"):  # commands register; helpers such as options.py do not
+            module.register(sub)
     return parser
 
 

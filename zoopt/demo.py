@@ -1,6 +1,15 @@
 """The main job: a step-activation network on scikit-learn's digits, trained by
 OpenAI-ES. Backprop gets a zero gradient through the floor steps; ES does not
-need one."""
+need one.
+
+The default 300 generations of 128 members take about 13 CPU-seconds (one torch
+thread): about 15 s on an idle 2-core machine; measured 55 s wall at load
+average 11 on the shared 2-core machine. The run folder gets ``metrics.jsonl``
+(one record per generation: the population's loss mean/min/max, and the
+center's validation and test accuracy every ``eval_every`` generations),
+``learning_curve.png`` (:func:`zoopt.training.figures.plot_run`, which ``zoopt
+plot`` also uses), ``model.pt`` and ``run.json``.
+"""
 from __future__ import annotations
 
 import os
@@ -11,7 +20,8 @@ import torch
 from zoopt import atomic
 from zoopt.metrics import JsonlLogger
 from zoopt.openai_es import OpenAIES
-from zoopt.plot import plot_metrics
+from zoopt.training.figures import plot_run
+from zoopt.training.runs import prepare_run_dir
 from zoopt.problems import ModuleProblem, load_flat
 from zoopt.problems.data import load_digits_split
 from zoopt.problems.nets import StepMLP
@@ -34,9 +44,15 @@ def backprop_gradient_norm(model, x, y, loss_fn) -> float:
 
 def run_demo(out: str = "runs/demo", generations: int = 300, popsize: int = 128, sigma: float = 0.1,
              lr: float = 0.03, batch_size: int = 256, hidden: int = 32, seed: int = 0,
-             eval_every: int = 10, progress: bool = True) -> dict:
+             eval_every: int = 10, progress: bool = True, force: bool = False, loggers=()) -> dict:
+    """Train the demo network into the run folder ``out`` (an existing run there is replaced only with
+    ``force``); ``loggers`` names extra loggers (:func:`zoopt.loggers.make_loggers`). Returns a summary."""
+    from zoopt.loggers import make_loggers
+
     torch.manual_seed(seed)
-    os.makedirs(out, exist_ok=True)
+    extra = make_loggers(loggers, out)  # a missing backend fails before the run folder is touched
+    prepare_run_dir(out, {"title": "zoopt demo: step-activation MLP on digits, OpenAI-ES", "generations": generations,
+                          "popsize": popsize, "sigma": sigma, "lr": lr, "seed": seed}, force=force, resumable=False)
     data = load_digits_split(seed=seed)
     model = StepMLP(n_in=data["x_train"].shape[1], hidden=hidden)
     loss_fn = torch.nn.CrossEntropyLoss()
@@ -48,22 +64,26 @@ def run_demo(out: str = "runs/demo", generations: int = 300, popsize: int = 128,
     logger = JsonlLogger(metrics_path)
 
     def on_generation(strategy, stats):
+        rec = {"generation": strategy.generation, "nfev": stats["nfev"], "train_loss": stats["mean"],
+               "train_loss_min": stats["min"], "train_loss_max": stats["max"]}
         if strategy.generation % eval_every == 0 or strategy.generation == generations:
             load_flat(model, strategy.center)
-            logger.log({"generation": strategy.generation, "nfev": stats["nfev"], "train_loss": stats["mean"],
-                        "val_acc": accuracy(model, data["x_val"], data["y_val"]),
-                        "test_acc": accuracy(model, data["x_test"], data["y_test"])})
+            rec.update(val_acc=accuracy(model, data["x_val"], data["y_val"]),
+                       test_acc=accuracy(model, data["x_test"], data["y_test"]))
+        logger.log(rec)
+        extra.log(rec)
 
     start = time.perf_counter()
-    run(es, problem, budget=popsize * generations, progress=progress, callback=on_generation)
+    try:
+        run(es, problem, budget=popsize * generations, progress=progress, callback=on_generation)
+    finally:
+        extra.close()
     seconds = time.perf_counter() - start
     load_flat(model, es.center)
     summary = {"test_acc": accuracy(model, data["x_test"], data["y_test"]),
                "val_acc": accuracy(model, data["x_val"], data["y_val"]),
                "backprop_grad_norm": grad_norm, "seconds": seconds, "evaluations": popsize * generations,
                "metrics": metrics_path}
-    summary["plot"] = plot_metrics(metrics_path, os.path.join(out, "learning_curve.png"),
-                                   x="generation", keys=["train_loss", "val_acc", "test_acc"],
-                                   title="zoopt demo: step-activation MLP on digits, OpenAI-ES")
+    summary["plot"] = plot_run(out)
     atomic.save_torch(model.state_dict(), os.path.join(out, "model.pt"))
     return summary

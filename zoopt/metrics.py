@@ -27,6 +27,10 @@ class JsonlLogger:
             with open(self.path, "a") as fh:
                 fh.write(json.dumps(record) + "\n")
 
+    def close(self) -> None:
+        """Nothing to release (each record is appended and the file closed); here so every logger
+        (see :mod:`zoopt.loggers`) has ``log``/``close``."""
+
     def resume_from(self, history: list) -> None:
         """Keep the file's first ``len(history)`` records (the checkpoint covers them), add any
         the file lacks from ``history``, and drop records of generations that will be re-run."""

@@ -26,6 +26,11 @@ import numpy as np
 from zoopt.zoo_configs import RL_DEFAULTS
 
 
+# method names of ``zoopt train`` that policy search cannot use, with the reason
+NOT_FOR_RL = {"adam": "it trains a network by backprop (on the zoo models' smooth twins), and an episode's "
+                      "return has no gradient; use a forward-only method such as openai_es"}
+
+
 def _import_methods():
     import importlib
 
@@ -97,7 +102,8 @@ def train_rl(env_id: str, method: str = "openai_es", *, budget: int = 200_000, p
              obs_norm: bool = True, gamma: float = 1.0, action_penalty: float = 0.0, alive_penalty: float = 0.0,
              eval_every: int = 1, eval_episodes: int = 10, eval_every_steps: Optional[int] = None,
              target: Optional[float] = None, out: Optional[str] = None, force: bool = False, progress: bool = False,
-             strategy_options: Optional[dict] = None, env_kwargs: Optional[dict] = None, evaluator=None) -> dict:
+             strategy_options: Optional[dict] = None, env_kwargs: Optional[dict] = None, evaluator=None,
+             loggers=None) -> dict:
     """Search a policy for ``env_id`` with ``method`` within ``budget`` env steps (or until ``target``
     is reached by the center's test return). Returns a summary with the per-generation history.
 
@@ -105,7 +111,8 @@ def train_rl(env_id: str, method: str = "openai_es", *, budget: int = 200_000, p
     ``eval_every_steps``, whenever the env steps cross a multiple of it.
     ``out`` is a run folder; one that already holds a run is replaced only with ``force``.
     ``evaluator`` (an evaluator object, e.g. a ``RayEvaluator`` kept across runs) replaces the one
-    ``workers``/``backend`` would start; it is not closed here.
+    ``workers``/``backend`` would start; it is not closed here. ``loggers`` (e.g.
+    :func:`zoopt.loggers.make_loggers`) get every generation's record too; they are not closed here.
     """
     from tqdm.auto import tqdm
 
@@ -124,6 +131,8 @@ def train_rl(env_id: str, method: str = "openai_es", *, budget: int = 200_000, p
     _import_methods()
     from zoopt.registry import METHODS
 
+    if method in NOT_FOR_RL:
+        raise ValueError(f"method {method!r} cannot search a policy: {NOT_FOR_RL[method]}")
     if method not in METHODS:  # before the env and the actors start
         raise ValueError(f"method must be one of {sorted(METHODS)}, got {method!r}")
     meta = {"env_id": env_id, "env_kwargs": env_kwargs or {}, "method": method, "seed": seed,
@@ -199,6 +208,8 @@ def train_rl(env_id: str, method: str = "openai_es", *, budget: int = 200_000, p
                 if metrics:
                     with open(metrics, "a") as fh:
                         fh.write(json.dumps(rec) + "\n")
+                if loggers is not None:
+                    loggers.log(rec)
                 bar.update(min(problem.env_steps, budget) - bar.n)
                 bar.set_postfix(test=f"{rec.get('test_mean', float('nan')):.1f}", refresh=False)
                 if reached_at is not None:
@@ -215,15 +226,14 @@ def train_rl(env_id: str, method: str = "openai_es", *, budget: int = 200_000, p
                "generations": strategy.generation, "seconds": seconds, "test_seconds": test_seconds}
     final_dir = None
     if out:
-        from zoopt.training.figures import plot_returns
+        from zoopt.training.figures import plot_run
 
         final_dir = os.path.join(out, "final")
         _save_policy(final_dir, problem, strategy.center.detach().clone(),
                      {**meta, "generation": strategy.generation, "env_steps": problem.env_steps,
                       "eval_generation": strategy.generation})
         write_json(os.path.join(out, "summary.json"), {**meta, **summary})
-        plot_returns(history, os.path.join(out, "learning_curve.png"),
-                     title=f"{env_id} / {method} (seed {seed}), {problem.env_steps:,} env steps")
+        plot_run(out)  # the same figure ``zoopt plot`` draws
     return {**summary, "history": history, "center": strategy.center.detach().clone(), "problem": problem,
             "final_dir": final_dir}
 

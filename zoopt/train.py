@@ -165,7 +165,7 @@ def train(model, data, loss_fn: Callable, opt, epochs: int = 1, *, batch_size: O
           out: Optional[str] = None, metrics: Optional[str] = None, resume: bool = False,
           config: Optional[dict] = None, checkpoint_every: Optional[int] = None, checkpoint_seconds: float = 60.0,
           log_every: Optional[int] = None, time_limit: Optional[float] = None, progress: bool = True,
-          callback: Optional[Callable] = None, label: str = "") -> list:
+          callback: Optional[Callable] = None, label: str = "", loggers=None) -> list:
     """Train ``model`` with ``opt`` for ``epochs`` passes over ``data`` (see the module doc).
 
     Returns one record per epoch: ``epoch``, ``step`` (steps so far), ``steps``
@@ -176,7 +176,8 @@ def train(model, data, loss_fn: Callable, opt, epochs: int = 1, *, batch_size: O
     ``select`` names the record value whose highest epoch is kept as ``best.pt``.
     ``time_limit`` stops after that many seconds of stepping; ``callback(record)``
     returning False stops after that epoch. ``metrics`` (a path) logs epochs
-    without a run folder.
+    without a run folder. ``loggers`` (e.g. :func:`zoopt.loggers.make_loggers`; not closed here)
+    get each epoch's record too.
     """
     _positive_int("epochs", epochs)
     _positive_int("checkpoint_every", checkpoint_every, allow_none=True)
@@ -269,6 +270,8 @@ def train(model, data, loss_fn: Callable, opt, epochs: int = 1, *, batch_size: O
                     result = eval_fn(model)
                     rec.update(result if isinstance(result, dict) else {"eval": float(result)})
                 records.append(rec)
+                if loggers is not None:
+                    loggers.log(rec)
                 if metrics_path:
                     with open(metrics_path, "a") as fh:
                         fh.write(json.dumps(rec) + "\n")

@@ -3,8 +3,9 @@
 """
 from __future__ import annotations
 
-import argparse
 import os
+
+from zoopt.commands import options
 
 
 # -- command line ----------------------------------------------------------------------
@@ -17,26 +18,22 @@ def _hidden(text: str):
 
 
 def register(sub) -> None:
-    p = sub.add_parser("rl", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-                       help="search a policy for a Gymnasium environment")
+    p = options.add_command(sub, "rl", help="search a policy for a Gymnasium environment")
     p.add_argument("env", help="Gymnasium environment id, e.g. CartPole-v1")
-    p.add_argument("--method", default="openai_es", help="openai_es, cma_es, sep_cma_es, polystep, eggroll, ...")
-    p.add_argument("--popsize", type=int, default=50)
-    p.add_argument("--budget", type=int, default=300_000,
-                   help="environment steps, a cap: the run stops within one generation below it")
-    p.add_argument("--workers", type=int, default=1, help="more than 1 evaluates on Ray actors")
-    p.add_argument("--backend", choices=("local", "ray"), default=None,
-                   help="where members are evaluated (default: local for 1 worker, ray for more)")
-    p.add_argument("--address", default=None,
-                   help="join an existing Ray cluster ('auto' or HOST:PORT) instead of starting a private one")
+    options.add_method(p, "openai_es")
+    p.add_argument("--popsize", type=int, default=50, help="population size")
+    options.add_run_length(p, "--budget", 300_000, "env steps",
+                           help="environment steps of the training episodes, a cap: the run stops within one "
+                                "generation below it (the center's test episodes are not charged)")
+    options.add_workers(p)
     p.add_argument("--policy", default="linear", choices=["linear", "mlp"])
     p.add_argument("--hidden", default="64", help="MLP hidden sizes, comma-separated")
     p.add_argument("--quant", default="none", choices=["none", "fp32", "int8", "binary"],
                    help="weight format (fp32 = none)")
     p.add_argument("--episodes", type=int, default=1, help="episodes per member (K)")
     p.add_argument("--vector", default="sync", choices=["sync", "async"])
-    p.add_argument("--sigma", type=float, default=None)
-    p.add_argument("--lr", type=float, default=None)
+    p.add_argument("--sigma", type=float, default=None, help="noise scale (default: the method's RL default)")
+    p.add_argument("--lr", type=float, default=None, help="learning rate (default: the method's RL default)")
     p.add_argument("--gamma", type=float, default=1.0)
     p.add_argument("--action-penalty", type=float, default=0.0)
     p.add_argument("--alive-penalty", type=float, default=0.0)
@@ -44,14 +41,14 @@ def register(sub) -> None:
     p.add_argument("--eval-every", type=int, default=1)
     p.add_argument("--eval-episodes", type=int, default=10)
     p.add_argument("--target", type=float, default=None, help="stop once the center's test return reaches this")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default=None, help="run folder (default runs/rl/ENV-METHOD-seedS)")
-    p.add_argument("--force", action="store_true", help="replace a run already in the run folder")
-    p.add_argument("--no-progress", "--quiet", dest="no_progress", action="store_true", help="no progress bar")
+    options.add_seed(p)
+    options.add_threads(p)
+    options.add_run_folder(p, "runs/rl/ENV-METHOD-seedS")
+    options.add_quiet(p)
+    options.add_loggers(p)
     p.set_defaults(func=main)
 
-    e = sub.add_parser("rl-eval", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-                       help="replay a saved policy: mean +- std return, optional GIF")
+    e = options.add_command(sub, "rl-eval", help="replay a saved policy: mean +- std return, optional GIF")
     e.add_argument("path", help="a policy folder written by zoopt rl (e.g. runs/rl/.../best)")
     e.add_argument("--episodes", type=int, default=20)
     e.add_argument("--seed", type=int, default=None, help="evaluation seed (default: the training seed)")
@@ -61,18 +58,24 @@ def register(sub) -> None:
 
 
 def main(args) -> int:
+    from zoopt.loggers import make_loggers
     from zoopt.rl import default_rl_dir, train_rl
 
+    options.apply_threads(args)
     quant = "none" if args.quant == "fp32" else args.quant
     out = args.out or default_rl_dir(args.env, args.method, args.seed)
-    s = train_rl(args.env, args.method, budget=args.budget, popsize=args.popsize, seed=args.seed,
-                 policy=args.policy, hidden=_hidden(args.hidden), quant=quant, episodes=args.episodes,
-                 workers=args.workers, backend=args.backend, address=args.address, vector=args.vector,
-                 obs_norm=not args.no_obs_norm,
-                 gamma=args.gamma, action_penalty=args.action_penalty, alive_penalty=args.alive_penalty,
-                 eval_every=args.eval_every, eval_episodes=args.eval_episodes, target=args.target, out=out,
-                 force=args.force, progress=not args.no_progress,
-                 strategy_options={"sigma": args.sigma, "lr": args.lr})
+    loggers = make_loggers(args.logger, out)
+    try:
+        s = train_rl(args.env, args.method, budget=args.budget, popsize=args.popsize, seed=args.seed,
+                     policy=args.policy, hidden=_hidden(args.hidden), quant=quant, episodes=args.episodes,
+                     workers=args.workers, backend=args.backend, address=args.address, vector=args.vector,
+                     obs_norm=not args.no_obs_norm,
+                     gamma=args.gamma, action_penalty=args.action_penalty, alive_penalty=args.alive_penalty,
+                     eval_every=args.eval_every, eval_episodes=args.eval_episodes, target=args.target, out=out,
+                     force=args.force, progress=not args.quiet, loggers=loggers,
+                     strategy_options={"sigma": args.sigma, "lr": args.lr})
+    finally:
+        loggers.close()
     if s["stop"] == "interrupted":
         print(f"zoopt rl: interrupted after generation {s['generations']}; best/, final/ and the metrics are saved "
               f"in {out}")

