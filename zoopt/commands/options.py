@@ -105,7 +105,9 @@ def method_names() -> list:
 
 
 def add_method(p, default: str) -> None:
-    p.add_argument("--method", default=default, choices=method_names(), metavar="METHOD",
+    """``--method``: the same list of names in every command; the library refuses, in one line, a name it
+    does not know or a method that cannot work for this command (with the reason)."""
+    p.add_argument("--method", default=default, metavar="METHOD",
                    help=f"one of {', '.join(method_names())}; one that cannot work here is refused with the "
                         "reason")
 
