@@ -2,9 +2,9 @@
 OpenAI-ES. Backprop gets a zero gradient through the floor steps; ES does not
 need one.
 
-The default 300 generations of 128 members take about 13 CPU-seconds (one torch
-thread): about 15 s on an idle 2-core machine; measured 55 s wall at load
-average 11 on the shared 2-core machine. The run folder gets ``metrics.jsonl``
+The default 300 generations of 128 members take about 14 CPU-seconds (one torch
+thread, startup included): measured 21 s wall at load average 5 and 55 s at load
+average 11 on a shared 2-core machine. The run folder gets ``metrics.jsonl``
 (one record per generation: the population's loss mean/min/max, and the
 center's validation and test accuracy every ``eval_every`` generations),
 ``learning_curve.png`` (:func:`zoopt.training.figures.plot_run`, which ``zoopt

@@ -1,9 +1,9 @@
 """``zoopt demo``: the main job (see zoopt/demo.py)."""
 from zoopt.commands import options
 
-# measured: 55 s wall for the default 300 generations (13.4 CPU-s, one torch thread) on the 2-core
-# machine at load average 11; an idle 2-core machine needs about 15 s (see run_demo)
-DURATION = "about 15 s on an idle 2-core machine, under a minute on a busy one"
+# measured with the defaults (300 generations, one torch thread, 96.1% test accuracy) on the shared
+# 2-core machine: 21 s wall (14 CPU-s, 11 s of training) at load average 5, 55 s at load average 11
+DURATION = "about 20 s on 2 cores; up to a minute on a busy machine"
 
 
 def register(sub) -> None:
