@@ -12,7 +12,7 @@ from zoopt.commands import options
 
 # the shared options each command must take, spelled the same way
 SHARED = {
-    "demo": ("--out", "--force", "--seed", "--quiet", "--threads", "--logger"),
+    "demo": ("--out", "--force", "--seed", "--quiet", "--threads", "--logger", "--workers", "--backend", "--address"),
     "train": ("--out", "--force", "--seed", "--quiet", "--threads", "--logger", "--method", "--workers", "--backend",
               "--address"),
     "rl": ("--out", "--force", "--seed", "--quiet", "--threads", "--logger", "--method", "--workers", "--backend",
@@ -244,3 +244,20 @@ def test_threads_is_checked_by_name(capsys, tmp_path):
 def test_options_module_is_not_a_command():
     assert "options" not in subparsers()
     assert options.RUN_OPTIONS == ("--out", "--force", "--seed", "--quiet")
+
+
+def test_demo_workers_go_to_ray_actors(monkeypatch, tmp_path):
+    from zoopt.workers import LocalEvaluator
+
+    seen = []
+
+    def fake_make_evaluator(evaluator, address=None, **kwargs):
+        seen.append((evaluator, address, kwargs))
+        return LocalEvaluator()
+
+    monkeypatch.setattr(sys.modules["zoopt.run"], "make_evaluator", fake_make_evaluator)
+    assert cli.main(["demo", "--out", str(tmp_path / "a"), "--generations", "1", "--quiet"]) == 0
+    assert cli.main(["demo", "--out", str(tmp_path / "b"), "--generations", "1", "--quiet", "--workers", "2",
+                     "--address", "10.0.0.5:6379"]) == 0
+    assert seen == [("local", None, {}), ("ray", "10.0.0.5:6379", {"num_actors": 2})]
+    assert cli.main(["demo", "--out", str(tmp_path / "c"), "--workers", "2", "--backend", "local"]) == 2

@@ -44,11 +44,15 @@ def backprop_gradient_norm(model, x, y, loss_fn) -> float:
 
 def run_demo(out: str = "runs/demo", generations: int = 300, popsize: int = 128, sigma: float = 0.1,
              lr: float = 0.03, batch_size: int = 256, hidden: int = 32, seed: int = 0,
-             eval_every: int = 10, progress: bool = True, force: bool = False, loggers=()) -> dict:
+             eval_every: int = 10, progress: bool = True, force: bool = False, loggers=(), workers: int = 1,
+             backend: str | None = None, address: str | None = None) -> dict:
     """Train the demo network into the run folder ``out`` (an existing run there is replaced only with
-    ``force``); ``loggers`` names extra loggers (:func:`zoopt.loggers.make_loggers`). Returns a summary."""
+    ``force``); ``loggers`` names extra loggers (:func:`zoopt.loggers.make_loggers`); ``workers`` > 1
+    (or ``backend="ray"``, or a cluster ``address``) evaluates the members on Ray actors. Returns a summary."""
     from zoopt.loggers import make_loggers
+    from zoopt.workers import resolve_backend
 
+    backend = resolve_backend(workers, backend, address)
     torch.manual_seed(seed)
     extra = make_loggers(loggers, out)  # a missing backend fails before the run folder is touched
     prepare_run_dir(out, {"title": "zoopt demo: step-activation MLP on digits, OpenAI-ES", "generations": generations,
@@ -75,7 +79,8 @@ def run_demo(out: str = "runs/demo", generations: int = 300, popsize: int = 128,
 
     start = time.perf_counter()
     try:
-        run(es, problem, budget=popsize * generations, progress=progress, callback=on_generation)
+        run(es, problem, budget=popsize * generations, progress=progress, callback=on_generation, evaluator=backend,
+            evaluator_options={"num_actors": workers} if backend == "ray" else None, address=address)
     finally:
         extra.close()
     seconds = time.perf_counter() - start

@@ -138,5 +138,5 @@ def make_loggers(names, run_dir: str) -> Loggers:
     return Loggers(BACKENDS[n](run_dir) for n in names)
 
 
-__all__ = ["BACKENDS", "MissingExtra", "Loggers", "make_loggers", "TensorBoardLogger", "MLflowLogger", "WandbLogger", "scalars",
-           "step_of"]
+__all__ = ["BACKENDS", "MissingExtra", "Loggers", "make_loggers", "TensorBoardLogger", "MLflowLogger", "WandbLogger",
+           "scalars", "step_of"]

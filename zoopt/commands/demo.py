@@ -14,6 +14,7 @@ def register(sub) -> None:
     p.add_argument("--popsize", type=int, default=128, help="population size")
     options.add_seed(p)
     options.add_threads(p)
+    options.add_workers(p)
     options.add_quiet(p)
     options.add_loggers(p)
     p.set_defaults(func=main)
@@ -26,7 +27,8 @@ def main(args) -> int:
     options.apply_threads(args)
     print("Training a 64-32-10 network with floor-step activations on scikit-learn digits by OpenAI-ES.")
     s = run_demo(out=args.out or "runs/demo", generations=args.generations, popsize=args.popsize, seed=args.seed,
-                 progress=not args.quiet, force=args.force, loggers=args.logger)
+                 progress=not args.quiet, force=args.force, loggers=args.logger, workers=args.workers,
+                 backend=args.backend, address=args.address)
     print(f"backprop gradient through the steps: {s['backprop_grad_norm']:.1f} (backprop cannot train this net)")
     print(f"test accuracy {100 * s['test_acc']:.1f}%  (validation {100 * s['val_acc']:.1f}%) "
           f"after {s['evaluations']} evaluations in {s['seconds']:.0f} s")
