@@ -83,3 +83,14 @@ def test_kernel_sources_found_and_compiled_philox_reads_them():
         assert (folder / name).is_file()
     c_source = (folder / "philox.c").read_text()
     assert "philox_planes" in c_source and philox_c.SOURCE == c_source
+
+
+def test_every_zoopt_subpackage_is_packaged():
+    """A wheel holds only the packages setup.cfg lists: a missing one breaks the commands that import it."""
+    cfg = configparser.ConfigParser()
+    cfg.read(os.path.join(ROOT, "setup.cfg"))
+    listed = set(cfg["options"]["packages"].split())
+    top = os.path.join(ROOT, "zoopt")
+    found = {"zoopt." + os.path.relpath(d, top).replace(os.sep, ".")
+             for d, _, files in os.walk(top) if "__init__.py" in files and d != top}
+    assert found <= listed, sorted(found - listed)

@@ -261,3 +261,16 @@ def test_demo_workers_go_to_ray_actors(monkeypatch, tmp_path):
                      "--address", "10.0.0.5:6379"]) == 0
     assert seen == [("local", None, {}), ("ray", "10.0.0.5:6379", {"num_actors": 2})]
     assert cli.main(["demo", "--out", str(tmp_path / "c"), "--workers", "2", "--backend", "local"]) == 2
+
+
+def test_logger_extras_are_declared():
+    import configparser
+    import os
+
+    from zoopt.loggers import BACKENDS, PACKAGES
+
+    cfg = configparser.ConfigParser()
+    cfg.read(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "setup.cfg"))
+    extras = cfg["options.extras_require"]
+    for name in BACKENDS:  # the error message tells the user to install zoopt-engine[NAME]
+        assert PACKAGES[name] in extras[name].split()
