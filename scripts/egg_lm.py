@@ -88,7 +88,8 @@ def update_signal(args, train) -> list:
     populations (seeds s, s+1) score the same center on the same windows; only the signal in their
     accumulators ``Z`` is shared, so corr(Z_1, Z_2) over all elements estimates the signal's share of
     one update's variance. ``agree``: for the top fraction alpha of |Z_1| (what a step at alpha_t moves),
-    how often sign(Z_2) agrees (0.5: pure noise)."""
+    how often sign(Z_2) agrees (0.5: pure noise). The float EGGROLL figures (:func:`float_signal`) say
+    whether the integer path is any noisier than float ES at the same population."""
     cfg = EggConfig(dim=args.dim, layers=args.layers, sigma_shift=args.sigma_shift, alpha=args.alpha)
     model = EggLM(cfg, seed=args.seed)
     windows_per_step = args.popsize // args.group_size
@@ -106,10 +107,35 @@ def update_signal(args, train) -> list:
             top = zs[0].abs() >= zs[0].abs().quantile(1 - a) if a < 1 else torch.ones_like(zs[0], dtype=torch.bool)
             row[f"agree_t{t}"] = float((torch.sign(zs[0][top]) == torch.sign(zs[1][top])).double().mean())
             row[f"alpha_t{t}"] = a
+        row.update(float_signal(args, n, x, y))
         print(f"[signal] N={n}: corr(Z1, Z2) {corr:.4f}; sign agreement of the moved entries at t=1/300/1000: "
-              f"{row['agree_t1']:.3f} / {row['agree_t300']:.3f} / {row['agree_t1000']:.3f}", flush=True)
+              f"{row['agree_t1']:.3f} / {row['agree_t300']:.3f} / {row['agree_t1000']:.3f}; float EGGROLL on the "
+              f"float Transformer: corr(G1, G2) {row['float_corr']:.4f}, cos(G, backprop) {row['float_cos']:.3f}",
+              flush=True)
         rows.append(row)
     return rows
+
+
+def float_signal(args, n, x, y) -> dict:
+    """The same two-population measure for float EGGROLL (z-scored fitness, rank 1, sigma 0.05) on the
+    float Transformer at its init, plus the cosine of each estimate with the backprop gradient."""
+    from zoopt.eggroll import EGGROLL
+
+    def loss(out, t):
+        return nn.functional.cross_entropy(out.reshape(-1, 256), t.reshape(-1))
+
+    grads, cos = [], []
+    for seed in (args.seed, args.seed + 1):
+        torch.manual_seed(args.seed)
+        model = TinyTransformer(args.dim, args.layers, args.heads, args.tokens)
+        opt = EGGROLL(model, popsize=n, rank=1, sigma=0.05, seed=seed, exclude=["pos"])
+        est = opt.gradients(opt.evaluate((x, y), loss))
+        opt.detach()
+        loss(model(x), y).backward()
+        grads.append(torch.cat([g.reshape(-1) for g in est.values()]))
+        true = torch.cat([model.get_parameter(k).grad.reshape(-1) for k in est])
+        cos.append(float(nn.functional.cosine_similarity(grads[-1], true, 0)))
+    return {"float_corr": float(torch.corrcoef(torch.stack(grads))[0, 1]), "float_cos": sum(cos) / 2}
 
 
 def float_bits_per_byte(model, inputs, targets, chunk=64):
