@@ -20,9 +20,9 @@ from .lowrank import antithetic_pairs, fuses, lowrank_correction, lowrank_factor
 from .noise import normal, normal_numpy, normal_torch, raw_bits_numpy
 from .philox import philox_numpy, philox_torch
 from .rotations import (haar_rotations, haar_rotations_numpy, haar_rotations_torch, normals_per_rotation,
-                        step_geometry, vertex_offsets)
+                        vertex_offsets)
 
 __all__ = ["normal", "normal_numpy", "normal_torch", "raw_bits_numpy", "philox_numpy", "philox_torch", "BACKENDS",
            "cupy_available", "resolve", "lowrank_factors", "antithetic_pairs", "lowrank_correction", "fuses",
            "haar_rotations", "haar_rotations_numpy", "haar_rotations_torch", "normals_per_rotation", "vertex_offsets",
-           "step_geometry", "int_noise", "int_noise_numpy", "int_noise_torch", "int_thresholds", "int_probabilities"]
+           "int_noise", "int_noise_numpy", "int_noise_torch", "int_thresholds", "int_probabilities"]

@@ -146,9 +146,3 @@ def vertex_offsets(rotations: torch.Tensor, template: torch.Tensor, radius: floa
         return cupy_backend.vertex_offsets(rotations, template, float(radius))
     return radius * torch.einsum("pab,vb->pva", rotations, template.to(device=rotations.device, dtype=rotations.dtype))
 
-
-def step_geometry(seed: int, tensor_id: int, generation: int, particles, template: torch.Tensor,
-                  radius: float = 1.0, device=None, backend: str = "auto"):
-    """One PolyStep step's ``(rotations [P, d, d], offsets [P, V, d])`` (float32)."""
-    rot = haar_rotations(seed, tensor_id, generation, particles, template.shape[1], device=device, backend=backend)
-    return rot, vertex_offsets(rot, template.to(rot.device), radius, backend=backend)
