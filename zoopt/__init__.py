@@ -13,7 +13,7 @@ from zoopt.spsa import SPSA
 from zoopt.strategy import Strategy
 from zoopt.train import train
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = ["minimize", "run", "train", "OptimizeResult", "Strategy", "OpenAIES", "CMAES", "RandomSearch", "SPSA",
            "PolyStep", "PolyStepES", "EGGROLL", "EGGROLLES", "HDETOneCycleLR", "HDETSimulation",
