@@ -168,7 +168,15 @@ class EGGROLL:
 
     @property
     def optimizer(self) -> torch.optim.Optimizer:
+        """The torch optimizer that moves the weights along the ES gradient estimate; a torch LR
+        scheduler drives its lr: ``StepLR(opt.optimizer, ...)``. Its state (lr included) is in
+        :meth:`state_dict`."""
         return self.strategy.optimizer
+
+    @property
+    def param_groups(self) -> list:
+        """``optimizer.param_groups``: ``[0]["lr"]`` is the learning rate of the next update."""
+        return self.strategy.optimizer.param_groups
 
     def spec(self):
         """This generation's ``LowRankSpec`` (the strategy's pending ask)."""

@@ -14,6 +14,11 @@ Batches: ``(x, y)`` tensors travel by value; ``(epoch, k, batch_size)`` names
 rows of ``data=(x_train, y_train)`` as :func:`~zoopt.problems.module.epoch_order`
 orders them, so with Ray the model and the training split reach each actor
 once and a generation ships only keys, scalars and ``z``.
+
+Learning rate: ``opt.optimizer`` is a torch optimizer holding one number, the
+multiplier of the step radius alpha (1.0 by default), so a torch LR scheduler
+drives it: ``StepLR(opt.optimizer, 10, gamma=0.5)`` halves every move
+after ten steps; ``opt.param_groups`` is its ``param_groups``.
 """
 from __future__ import annotations
 
@@ -31,6 +36,7 @@ from zoopt.workers import make_evaluator
 
 from .defaults import FULL_SPACE, subspace_defaults
 from .problem import BlockSetup, helpers
+from .schedules import Schedule, resolve_radius
 from .strategy import PolyStepES
 from .subspace import SPARSE_THRESHOLD_BYTES
 
@@ -44,6 +50,40 @@ def _loss_key(loss_fn) -> Optional[bytes]:
         return pickle.dumps(loss_fn)
     except Exception:
         return None
+
+
+class StepRadiusScale(torch.optim.Optimizer):
+    """The PolyStep facade's learning rate as a torch optimizer, so torch's LR schedulers (which
+    accept only ``torch.optim.Optimizer`` instances) can drive it: ``param_groups[0]["lr"]``
+    multiplies the step radius alpha of every evaluated step. It moves no tensor: its one
+    parameter is an empty placeholder (torch refuses an empty list), and :meth:`step`, called
+    once per PolyStep step, only marks the step for the schedulers."""
+
+    def __init__(self, lr: float = 1.0):
+        if isinstance(lr, bool) or not isinstance(lr, numbers.Real):
+            raise TypeError(f"lr must be a number (the step radius multiplier), got {type(lr).__name__}")
+        super().__init__([torch.zeros(0)], {"lr": float(lr)})
+        self.lr  # checks the value
+
+    @property
+    def lr(self) -> float:
+        lr = float(self.param_groups[0]["lr"])
+        if not (lr >= 0 and lr < float("inf")):
+            raise ValueError(f"PolyStep lr (the step radius multiplier) must be finite and >= 0, got {lr!r}")
+        return lr
+
+    def step(self, closure=None):
+        return None
+
+
+class _ScaledRadius(Schedule):
+    """The stepper's step radius (a number times epsilon, or a schedule) times the live lr."""
+
+    def __init__(self, radius, epsilon: Schedule, scale: StepRadiusScale):
+        self.radius, self.epsilon, self.scale = radius, epsilon, scale
+
+    def at(self, t: int) -> float:
+        return resolve_radius(self.radius, self.epsilon.at(t), t) * self.scale.lr
 
 
 class PolyStep:
@@ -68,6 +108,9 @@ class PolyStep:
     configured by ``evaluator_options``; or an evaluator object), ``data``
     ``(x_train, y_train)`` held by the problem so batches can be named by
     ``(epoch, k, batch_size)``, ``data_seed`` the seed of their epoch order.
+    ``lr`` multiplies the step radius alpha (1.0: the radius as given); it is
+    ``param_groups[0]["lr"]`` of :attr:`optimizer`, which torch LR schedulers
+    accept (coast steps replay the last evaluated move, already scaled).
     """
 
     def __init__(self, model: nn.Module, *, rank: Optional[int] = 4, max_subspace_dim: Optional[int] = None,
@@ -75,7 +118,8 @@ class PolyStep:
                  epsilon=None, step_radius=None, probe_radius=None, absorb_interval: int = 0, seed: int = 0,
                  structured: bool = True, activation_bytes: Optional[int] = None,
                  sparse_threshold_bytes: int = SPARSE_THRESHOLD_BYTES, compile="auto", evaluator=None,
-                 evaluator_options: Optional[dict] = None, data=None, data_seed: int = 0, **options):
+                 evaluator_options: Optional[dict] = None, data=None, data_seed: int = 0, lr: float = 1.0,
+                 **options):
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         if isinstance(absorb_interval, bool) or not isinstance(absorb_interval, int) or absorb_interval < 0:
@@ -105,6 +149,8 @@ class PolyStep:
                  (("epsilon", epsilon), ("step_radius", step_radius), ("probe_radius", probe_radius))}
         self.strategy = PolyStepES(torch.zeros(self.subspace.dim), particle_dim=particle_dim, solver=solver,
                                    seed=seed, dtype=dtype, auto_coast=False, **hyper, **options)
+        self.optimizer = StepRadiusScale(lr)
+        self.stepper.step_radius = _ScaledRadius(self.stepper.step_radius, self.stepper.epsilon, self.optimizer)
         # ranges of whole particles when an evaluator splits the members
         per = self.strategy.stepper.num_vertices * self.strategy.stepper.num_probes
         self.problem.chunk = per * max(1, self.problem.chunk // per)
@@ -118,6 +164,11 @@ class PolyStep:
     @property
     def seed(self) -> int:
         return self.stepper.seed
+
+    @property
+    def param_groups(self) -> list:
+        """The learning rate's groups (:class:`StepRadiusScale`): one, whose ``"lr"`` scales alpha."""
+        return self.optimizer.param_groups
 
     @property
     def stepper(self):
@@ -204,6 +255,7 @@ class PolyStep:
             x, y = self.problem.batch_for(_Named(named))
             loss = float(loss_fn(self.model(x), y))
             self.stepper.coast()
+            self.optimizer.step()
             self.last_stats = {"step": self.stepper.step, "coast": True}
         else:
             spec = self.strategy.ask()
@@ -212,6 +264,7 @@ class PolyStep:
             x, y = self.problem.batch_for(spec)  # the model still holds theta(z): nothing moved yet
             loss = float(loss_fn(self.model(x), y))
             self.strategy.tell(fitness)
+            self.optimizer.step()
             self.last_stats = self.strategy.last_stats
             self.evaluations += spec.popsize
         if self.absorb_interval and self.stepper.step % self.absorb_interval == 0:
@@ -227,7 +280,8 @@ class PolyStep:
     def state_dict(self) -> dict:
         """Everything the next step depends on (the subspace map is rebuilt from its seed)."""
         return {"name": "polystep", "strategy": self.strategy.state_dict(), "theta_base": self.theta_base.clone(),
-                "evaluations": self.evaluations, "subspace_dim": self.subspace.dim}
+                "evaluations": self.evaluations, "subspace_dim": self.subspace.dim,
+                "lr": copy.deepcopy(self.optimizer.state_dict())}
 
     def load_state_dict(self, state: dict) -> None:
         if state.get("name") != "polystep" or state.get("subspace_dim") != self.subspace.dim or \
@@ -236,6 +290,8 @@ class PolyStep:
         self.strategy.load_state_dict(state["strategy"])
         self._new_problem(base=state["theta_base"].clone())
         self.evaluations = int(state["evaluations"])
+        if state.get("lr") is not None:  # states saved before the lr existed resume at lr 1
+            self.optimizer.load_state_dict(state["lr"])
         self._write()
 
 
@@ -254,4 +310,4 @@ class _Named:
         self.generation = 0
 
 
-__all__ = ["PolyStep"]
+__all__ = ["PolyStep", "StepRadiusScale"]

@@ -7,6 +7,12 @@ takes ``(x, y)`` tensors, which travel with the generation's spec, or three
 ints ``(epoch, k, batch_size)`` naming rows of ``data`` through
 :func:`zoopt.problems.epoch_order` (seeded by ``data_seed``), so an actor
 that holds the training split receives only those ints.
+
+Learning rate: for a strategy whose center is moved by a torch optimizer
+(``openai_es``), :attr:`StrategyModule.optimizer` is that optimizer, so
+``StepLR(opt.optimizer, ...)`` scales the step taken along the gradient
+estimate; its state (lr included) is in the strategy's state dict.
+Strategies without one (CMA-ES, SPSA) have no learning rate to drive.
 """
 from __future__ import annotations
 
@@ -52,6 +58,20 @@ class StrategyModule:
         self.evaluator = make_evaluator(evaluator, **(evaluator_options or {}))
         self.problem, self.problem_loss = None, None
         self.evaluations = 0
+
+    @property
+    def optimizer(self) -> torch.optim.Optimizer:
+        """The torch optimizer that moves the strategy's center (its ``lr`` scales the gradient step)."""
+        optimizer = getattr(self.strategy, "optimizer", None)
+        if not isinstance(optimizer, torch.optim.Optimizer):
+            raise AttributeError(f"{self.name} is not moved by a torch optimizer: it has no learning rate "
+                                 "a torch LR scheduler can drive")
+        return optimizer
+
+    @property
+    def param_groups(self) -> list:
+        """``optimizer.param_groups``: ``[0]["lr"]`` is the learning rate a torch LR scheduler drives."""
+        return self.optimizer.param_groups
 
     def _problem(self, loss_fn, batch) -> ModuleProblem:
         """One problem per loss function: an evaluator ships it to its actors once."""
