@@ -17,8 +17,8 @@ SHARED = {
               "--address"),
     "rl": ("--out", "--force", "--seed", "--quiet", "--threads", "--logger", "--method", "--workers", "--backend",
            "--address"),
-    "maxsat": ("--out", "--force", "--seed", "--threads"),
-    "merge": ("--out", "--seed"),
+    "maxsat": ("--out", "--force", "--seed", "--quiet", "--threads"),
+    "merge": ("--out", "--seed", "--quiet"),
 }
 
 
@@ -39,21 +39,23 @@ def test_shared_options_have_one_spelling_and_one_help():
         for flag in flags:
             action = option(parsers[command], flag)
             assert action is not None, f"zoopt {command} has no {flag}"
-            if command in ("demo", "train", "rl") and flag not in ("--out", "--method"):
+            if flag not in ("--out", "--method", "--seed"):
                 helps.setdefault(flag, set()).add(action.help)
     assert all(len(texts) == 1 for texts in helps.values()), helps
     names = options.method_names()
     assert {"cma_es", "sep_cma_es", "openai_es", "polystep", "eggroll", "spsa", "random", "adam"} <= set(names)
     for command in ("train", "rl"):
         assert option(parsers[command], "--method").help.startswith(f"one of {', '.join(names)};")
-    for command in ("demo", "train", "rl"):
+    for command in ("demo", "train", "rl", "maxsat", "merge"):
+        assert option(parsers[command], "--out").metavar == "DIR"
         # --no-progress stays as a hidden alias of --quiet
         hidden = option(parsers[command], "--no-progress")
         assert hidden.dest == "quiet" and hidden.help is argparse.SUPPRESS
         assert "--no-progress" not in parsers[command].format_help()
 
 
-@pytest.mark.parametrize("command", ["demo", "train", "rl", "rl-eval", "plot", "bench", "maxsat"])
+@pytest.mark.parametrize("command", ["demo", "train", "rl", "rl-eval", "plot", "bench", "maxsat", "merge",
+                                     "serve-merge"])
 def test_help_shows_every_default(command):
     parser = subparsers()[command]
     text = " ".join(parser.format_help().split())
@@ -233,7 +235,8 @@ def test_run_length_flags_name_their_unit():
     assert option(parsers["demo"], "--generations").metavar == "GENERATIONS"
     assert option(parsers["train"], "--epochs").metavar == "EPOCHS"
     assert option(parsers["rl"], "--budget").metavar == "ENV_STEPS"
-    assert option(parsers["maxsat"], "--steps") is not None
+    assert option(parsers["maxsat"], "--steps").metavar == "STEPS"
+    assert option(parsers["merge"], "--budget").metavar == "QUERIES"
 
 
 def test_threads_is_checked_by_name(capsys, tmp_path):

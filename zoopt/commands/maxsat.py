@@ -20,6 +20,8 @@ import resource
 import sys
 import time
 
+from zoopt.commands import options
+
 RUN_FILES = ("checkpoint.pt", "summary.json", "solution.sol")
 
 
@@ -51,18 +53,8 @@ def _positive_float(text):
     return value
 
 
-class _Help(argparse.ArgumentDefaultsHelpFormatter):
-    """Defaults in the help, except where there is none to show or the help already says it."""
-
-    def _get_help_string(self, action):
-        if action.default is None or action.default is False or "(default" in (action.help or ""):
-            return action.help
-        return super()._get_help_string(action)
-
-
 def register(sub) -> None:
-    p = sub.add_parser("maxsat", help="solve MAX-SAT with PolyStep (random k-SAT or a DIMACS CNF/WCNF file)",
-                       formatter_class=_Help)
+    p = options.add_command(sub, "maxsat", help="solve MAX-SAT with PolyStep (random k-SAT or a DIMACS CNF/WCNF file)")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--random", type=_int_at_least(1), metavar="N", help="random 3-SAT instance with N variables")
     src.add_argument("--wcnf", metavar="FILE", help="DIMACS WCNF file (weighted / partial MAX-SAT; .gz/.xz/.bz2 read)")
@@ -74,7 +66,7 @@ def register(sub) -> None:
     p.add_argument("--seed", type=_int_at_least(0), default=0, help="optimizer seed")
     p.add_argument("--preset", choices=["default", "reference"], default="default",
                    help="constants: zoopt's (count cost, probe radius above every |x|) or the reference runs'")
-    p.add_argument("--steps", type=_int_at_least(0), default=None,
+    p.add_argument("--steps", type=_int_at_least(0), default=None, metavar="STEPS",
                    help="PolyStep steps, coast steps included (default: 3000; reference preset: 500 from 1M)")
     p.add_argument("--epsilon", type=_positive_float, default=None, help="softmax temperature (default: preset)")
     p.add_argument("--step-radius", type=_positive_float, default=None, help="step radius alpha (default: preset)")
@@ -86,12 +78,12 @@ def register(sub) -> None:
     p.add_argument("--encoding", choices=["sign", "sigmoid"], default="sign",
                    help="hard value of x: x > 0 (sign) or round(sigmoid(x))")
     p.add_argument("--threads", type=_int_at_least(1), default=1, help="torch CPU threads")
-    p.add_argument("--out", default=None, help="run folder (default: runs/maxsat-NAME-seedS)")
+    p.add_argument("--out", default=None, metavar="DIR", help="run folder (default: runs/maxsat-NAME-seedS)")
     p.add_argument("--checkpoint-every", type=_int_at_least(0), default=300,
                    help="write checkpoint.pt every N steps (0: only at the end)")
     p.add_argument("--resume", action="store_true", help="continue the run in the run folder")
     p.add_argument("--force", action="store_true", help="replace a run already in the run folder")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    options.add_quiet(p)
     p.set_defaults(func=main)
 
 
@@ -143,7 +135,7 @@ def main(args) -> int:
     print(f"polystep ({args.preset}): {solver.n_particles} particles x 4 vertices, eps={solver.epsilon:g}, "
           f"alpha={solver.step_radius:g}, rho={solver.probe_radius:g}, cost={solver.cost_scale}, "
           f"steps={solver.steps}, amortize={solver.amortize}")
-    result = solver.run(progress=not args.no_progress, log_every=max(1, solver.steps // 50),
+    result = solver.run(progress=not args.quiet, log_every=max(1, solver.steps // 50),
                         checkpoint=ckpt, checkpoint_every=args.checkpoint_every)
     rep = result.report
     peak = peak_rss_mib()

@@ -2,9 +2,11 @@
 import json
 import os
 
+from zoopt.commands import options
+
 
 def register(sub) -> None:
-    s = sub.add_parser("serve-merge", help="serve a base LM and a LoRA pool for black-box merging")
+    s = options.add_command(sub, "serve-merge", help="serve a base LM and a LoRA pool for black-box merging")
     s.add_argument("--base", required=True, help="base model folder (transformers config + weights, or a GGUF)")
     s.add_argument("--adapters", required=True, help="folder of PEFT LoRA adapter folders")
     s.add_argument("--host", default="127.0.0.1")
@@ -15,17 +17,20 @@ def register(sub) -> None:
     s.add_argument("--max-tokens", type=int, default=512)
     s.set_defaults(func=serve)
 
-    m = sub.add_parser("merge", help="merge LoRA adapters behind a service by queries alone (Evo-Merging)")
+    m = options.add_command(sub, "merge", help="merge LoRA adapters behind a service by queries alone (Evo-Merging)")
     m.add_argument("--url", required=True)
     m.add_argument("--token-env", default="ZOOPT_MERGE_TOKEN", help="environment variable holding the bearer token")
     m.add_argument("--session-data", required=True, help="validation set, JSON lines with prompt and answer")
     m.add_argument("--template", default="{prompt}")
     m.add_argument("--preset", default="all")
-    m.add_argument("--budget", type=int, default=1200, help="queries; a third for alpha, the rest for beta")
+    options.add_run_length(m, "--budget", 1200, "queries",
+                           help="API queries, a cap (whole generations): a third for alpha, the rest for beta")
     m.add_argument("--popsize", type=int, default=20)
-    m.add_argument("--seed", type=int, default=42)
+    options.add_seed(m, default=42)
     m.add_argument("--concurrency", type=int, default=8)
-    m.add_argument("--out", required=True, help="output folder: merged adapter, result.json, resume state")
+    m.add_argument("--out", required=True, metavar="DIR",
+                   help="run folder: merged adapter, result.json, resume state (a run there is resumed)")
+    options.add_quiet(m)
     m.set_defaults(func=merge)
 
 
@@ -128,7 +133,7 @@ def merge(args) -> int:
     try:
         result = run_merge(args.url, token, records, args.out, budget=args.budget, popsize=args.popsize,
                            seed=args.seed, template=args.template, preset=args.preset,
-                           concurrency=args.concurrency)
+                           concurrency=args.concurrency, progress=not args.quiet)
     except MergeServiceError as exc:  # the service refused (4xx) or could not be reached: one line
         raise ValueError(f"merge service at {args.url}: {exc}") from None
     print(f"best loss {result['loss']:.4f} after {result['queries']} queries; merged adapter in {args.out}")

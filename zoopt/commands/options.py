@@ -79,8 +79,7 @@ def add_run_length(p, flag: str, default: int, unit: str, help: str) -> None:
 
 
 def add_threads(p, default: int | None = None) -> None:
-    p.add_argument("--threads", type=int, default=default,
-                   help="torch CPU threads" + ("" if default is not None else " (default: torch's choice)"))
+    p.add_argument("--threads", type=int, default=default, help="torch CPU threads")
 
 
 def add_workers(p) -> None:
