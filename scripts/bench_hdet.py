@@ -63,7 +63,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import pathlib
 import socket
 import statistics

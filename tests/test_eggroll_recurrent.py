@@ -85,7 +85,7 @@ def test_lstm_two_layers_members_equal_materialized_weights(batch_first, bias):
             ref_shared = flat(plain(opt, lstm, i, x_shared, (h0, c0)))
             ref_flat = flat(plain(opt, lstm, i, xm[i, 0]))
             rows = slice(i * B, (i + 1) * B)
-            pick = lambda parts: [parts[0].narrow(bdim, i * B, B), parts[1][:, rows], parts[2][:, rows]]
+            pick = lambda parts, i=i, rows=rows: [parts[0].narrow(bdim, i * B, B), parts[1][:, rows], parts[2][:, rows]]
             assert_members_match(pick(got), ref, ("member-major", i))
             assert_members_match(pick(got_hx), ref_hx, ("hx", i))
             assert_members_match(pick(got_shared), ref_shared, ("shared", i))

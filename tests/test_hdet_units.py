@@ -14,7 +14,6 @@ import torch
 sys.path.insert(0, os.path.dirname(__file__))
 import hdet_cases as hc  # noqa: E402
 
-import zoopt  # noqa: E402
 from zoopt.hdet import (HDETOneCycleLR, HDETSimulation, PermutationStream, ZeroOrderController,  # noqa: E402
                         decay_from_floor, module_attribute, spread_multipliers)
 

@@ -117,4 +117,4 @@ def test_strategies_without_a_torch_optimizer_say_so():
     model = _model()
     opt = StrategyModule(model, CMAES(flatten_params(model), popsize=8, seed=0))
     with pytest.raises(AttributeError, match="no learning rate"):
-        opt.param_groups
+        _ = opt.param_groups

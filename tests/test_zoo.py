@@ -212,7 +212,7 @@ def test_population_forward_under_vmap_matches_the_loop():
         base = dict(model.named_parameters())
         stacked = {k: torch.stack([v.detach() + 0.05 * i * torch.randn_like(v) for i in range(3)])
                    for k, v in base.items()}
-        batched = torch.vmap(lambda p: functional_call(model, p, (x,)))(stacked)
+        batched = torch.vmap(lambda p, model=model: functional_call(model, p, (x,)))(stacked)
         for i in range(3):
             single = functional_call(model, {k: v[i] for k, v in stacked.items()}, (x,))
             assert torch.allclose(batched[i], single, atol=1e-5)

@@ -9,7 +9,7 @@ from the center, which evaluators ship once per generation.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import Optional, Sequence
+from typing import Optional
 
 import numpy as np
 import torch

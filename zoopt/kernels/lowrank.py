@@ -84,7 +84,6 @@ def lowrank_correction(out: torch.Tensor, x: torch.Tensor, seed: int, tensor_id:
     _check_dims(r=r)
     out3, x3 = _as_rows(out, "out"), _as_rows(x, "x")
     members, rows, m = out3.shape
-    n = x3.shape[2]
     if x3.shape[:2] != (members, rows):
         raise ValueError(f"x {tuple(x.shape)} and out {tuple(out.shape)} must agree on members and rows")
     pair_arr = _pairs_array(pairs)

@@ -43,7 +43,7 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-from .subspace import HybridSubspace, LayerMap
+from .subspace import HybridSubspace
 
 # Per chunk: stacked candidate activations. On CPU a chunk that stays in cache beats a big one
 # (MLP rank 8, batch 512: 2.2 s per step at 16 MiB against 5.3 s at 512 MiB); a GPU wants big launches.

@@ -17,7 +17,6 @@ regenerates exactly the rotations of the particles it evaluates.
 from __future__ import annotations
 
 import math
-from typing import Optional, Tuple
 
 import torch
 

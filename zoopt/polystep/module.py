@@ -63,7 +63,7 @@ class StepRadiusScale(torch.optim.Optimizer):
         if isinstance(lr, bool) or not isinstance(lr, numbers.Real):
             raise TypeError(f"lr must be a number (the step radius multiplier), got {type(lr).__name__}")
         super().__init__([torch.zeros(0)], {"lr": float(lr)})
-        self.lr  # checks the value
+        _ = self.lr  # reading it checks the value
 
     @property
     def lr(self) -> float:
