@@ -3,7 +3,9 @@
 Same model (from ``zoopt.problems.zoo``, identical initial weights), same
 batch, same hybrid-subspace rank, polytope, particle dimension and number of
 candidates per step; both use one probe per vertex and the softmax solver.
-Prints seconds per step for each and the ratio ours/official, writes JSON
+Prints seconds per step for each and the ratio ours/official, and ours against a lower bound:
+the arithmetic of one step's candidates after the shared prefix (``step_arithmetic``) at this
+machine's measured GEMM and elementwise rates (``machine_rates``); writes JSON
 (and a PNG bar chart when matplotlib is present) under ``runs/bench_polystep_speed/``.
 
     python scripts/bench_polystep_speed.py                 # CPU default: mlp rank 8, snn rank 4 (simplex+orthoplex)
@@ -26,7 +28,62 @@ CASES = {  # name -> (zoo model, rank, polytope, official figure measured by the
     "snn-simplex": ("snn", 4, "simplex", 10.8),
     "snn": ("snn", 4, "orthoplex", 18.5),
 }
+CPU_TIMES = {}  # the last time_ours call's per-step process CPU seconds
 HYPER = dict(epsilon=0.5, step_radius=2.0, probe_radius=1.0)  # the SNN recipe; radii multiplied by epsilon
+
+
+# Elementwise ops per element of each stage's output (the hard forwards in problems/zoo/layers.py):
+# LIF step: mem*beta, +current, >=threshold, cast, 1-spike, *mem; readout adds the count (+1).
+LIF_OPS, READOUT_OPS, RELU_OPS, LOSS_OPS = 6, 7, 1, 6
+
+
+def candidate_work(model_name: str, batch: int, pdim: int, in_features=784, hidden=128, classes=10, steps=15):
+    """Per stage the route of ``zoopt.polystep.evaluate`` takes: (coordinates in the hybrid subspace per
+    rank, callable rank -> coords), and (GEMM flops, elementwise ops) one candidate needs after the
+    shared prefix: its pre-activation offset (a pdim-term combination of shared responses) and the stages
+    after it, on ``batch`` rows. Shared work (the prefix, the per-coordinate responses) is not counted."""
+    B, H, C, T = batch, hidden, classes, steps
+    loss = B * C * LOSS_OPS
+    if model_name == "mlp":
+        return {"fc1": ([(H, in_features), (H,)], 2 * B * H * pdim + 2 * B * H * C, B * H * RELU_OPS + loss),
+                "fc2": ([(C, H), (C,)], 2 * B * C * pdim, loss)}
+    if model_name == "snn":
+        return {"fc1": ([(H, in_features), (H,)], 2 * B * H * pdim + 2 * B * T * H * C,
+                        T * B * H * LIF_OPS + T * B * C * READOUT_OPS + loss),
+                "fc2": ([(C, H), (C,)], 2 * B * T * C * pdim, T * B * C * READOUT_OPS + loss)}
+    raise ValueError(f"no arithmetic count for model {model_name!r}")
+
+
+def step_arithmetic(model_name, rank, batch, pdim, candidates):
+    """(GEMM flops, elementwise ops) of one step's candidates: a stage's share of the candidates is its
+    share of the subspace coordinates (every particle block of pdim coordinates has the same vertices)."""
+    from zoopt.polystep.subspace import _weight_coords
+
+    work = candidate_work(model_name, batch, pdim)
+    coords = {st: sum(_weight_coords(s, rank) if len(s) == 2 else s[0] for s in shapes)
+              for st, (shapes, _, _) in work.items()}
+    per_coord = candidates / sum(coords.values())
+    flops = sum(coords[st] * per_coord * work[st][1] for st in work)
+    elems = sum(coords[st] * per_coord * work[st][2] for st in work)
+    return flops, elems
+
+
+def machine_rates(seconds: float = 1.0):
+    """This process's sustained GEMM (flop/s, 512^3 fp32 torch.mm) and elementwise (element-ops/s, a*b
+    on 2^20 floats, in cache) throughput at the current thread setting, best of repeated calls."""
+    a, b = torch.randn(512, 512), torch.randn(512, 512)
+    u, v, w = torch.randn(1 << 20), torch.randn(1 << 20), torch.empty(1 << 20)
+
+    def best(fn, work):
+        fn()
+        top, end = 0.0, time.perf_counter() + seconds
+        while time.perf_counter() < end:
+            t = time.perf_counter()
+            fn()
+            top = max(top, work / (time.perf_counter() - t))
+        return top
+
+    return best(lambda: torch.mm(a, b), 2 * 512 ** 3), best(lambda: torch.mul(u, v, out=w), 1 << 20)
 
 
 def make_pair(model_name: str, seed: int):
@@ -51,11 +108,13 @@ def time_ours(model, rank, polytope, x, y, steps):
     import zoopt
     opt = zoopt.PolyStep(model, rank=rank, polytope=polytope, particle_dim=8, seed=0, **HYPER)
     loss_fn = nn.CrossEntropyLoss()
-    times = []
+    times, cpu = [], []
     for _ in range(steps + 1):  # the first step also verifies the stage protocol: not timed
-        t = time.perf_counter()
+        t, c = time.perf_counter(), time.process_time()
         opt.step((x, y), loss_fn)
         times.append(time.perf_counter() - t)
+        cpu.append(time.process_time() - c)
+    CPU_TIMES["ours"] = cpu[1:]  # this process's CPU seconds: on a loaded machine, closer to an idle one's wall time
     return times[1:], opt.evaluations_per_step
 
 
@@ -89,6 +148,9 @@ def main(argv=None):
     device = "cuda" if args.full and torch.cuda.is_available() else "cpu"
     steps = 5 if args.full else args.steps
     x, y = batch(args.batch, device)
+    gemm_rate, elem_rate = machine_rates()
+    print(f"machine: GEMM {gemm_rate / 1e9:.1f} GFLOP/s, elementwise {elem_rate / 1e9:.2f} G element-ops/s "
+          f"({args.threads} thread(s))", flush=True)
     results = []
     for case in args.models:
         model_name, rank, polytope, reference = CASES[case]
@@ -100,6 +162,15 @@ def main(argv=None):
         row = {"case": case, "model": model_name, "rank": rank, "polytope": polytope, "batch": args.batch,
                "candidates_per_step": n_ours, "ours_s_per_step": sum(ours) / len(ours), "ours_times": ours,
                "official_reference_s_per_step": reference, "device": device, "threads": args.threads}
+        flops, elems = step_arithmetic(model_name, rank, args.batch, 8, n_ours)
+        bound = flops / gemm_rate + elems / elem_rate
+        cpu_step = sum(CPU_TIMES["ours"]) / len(CPU_TIMES["ours"])
+        row.update(step_gflop=flops / 1e9, step_gelem_ops=elems / 1e9, gemm_gflops=gemm_rate / 1e9,
+                   elem_gops=elem_rate / 1e9, lower_bound_s=bound, ours_cpu_s_per_step=cpu_step,
+                   over_bound=row["ours_s_per_step"] / bound, cpu_over_bound=cpu_step / bound)
+        print(f"{case:12s} bound: {flops / 1e9:.2f} GFLOP + {elems / 1e9:.2f} G element-ops -> {bound:.3f} s; "
+              f"time per step / bound = {row['over_bound']:.1f} (wall), {row['cpu_over_bound']:.1f} "
+              f"(process CPU time)", flush=True)
         if not args.skip_official:
             off, _ = time_official(off_model, rank, polytope, x, y, steps)
             print(f"{case:12s} official: {[round(t, 2) for t in off]} s/step", flush=True)
