@@ -242,7 +242,7 @@ def main(argv=None):
     try:
         device = torch.device(args.device)
     except (RuntimeError, TypeError) as exc:
-        raise SystemExit(f"--device: not a torch device: {args.device!r} ({exc})")
+        raise SystemExit(f"--device: not a torch device: {args.device!r} ({exc})") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda: torch sees no CUDA device here; use --device cpu --tiny")
     start = time.perf_counter()

@@ -18,7 +18,6 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .layers import _PopulationAware, population_linear
@@ -94,7 +93,7 @@ class PopMultiheadAttention(_PopulationAware, nn.MultiheadAttention):
             parts = [(getattr(self, n), n, slice(None)) for n in ("q_proj_weight", "k_proj_weight", "v_proj_weight")]
         done = {}
         outs = []
-        for j, (x, is_shared, (weight, name, rows)) in enumerate(zip(inputs, shared, parts)):
+        for x, is_shared, (weight, name, rows) in zip(inputs, shared, parts):
             key = (id(x), name)
             if key not in done:  # self-attention: one projection serves q, k and v
                 done[key] = population_linear(pop, x, weight, None, weight_id=ids.get(name, 0),

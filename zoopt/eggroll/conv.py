@@ -44,7 +44,7 @@ def population_conv(pop: Population, layer: nn.modules.conv._ConvNd, x: torch.Te
         padding = 0
     args = (layer.stride, padding, layer.dilation)
     out = conv(x, weight, bias, *args, layer.groups)                    # the shared convolution
-    N, gc, o = pop.n, layer.groups, weight.shape[0]
+    N, o = pop.n, weight.shape[0]
     if shared:
         rows = x.shape[0]
         out = out.unsqueeze(0).expand(N, *out.shape)                    # [N, B, out, *L']
