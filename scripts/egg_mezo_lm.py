@@ -201,8 +201,8 @@ def run_method(name, model, args, tokenizer, test, device):
                 train_losses.append(float(losses.mean()))
             else:
                 with torch.no_grad():
-                    train_losses.append(opt.step(lambda: float(answer_scores(model(input_ids=ids).logits,
-                                                                               targets)[0].mean())))
+                    train_losses.append(opt.step(lambda ids=ids, targets=targets: float(
+                        answer_scores(model(input_ids=ids).logits, targets)[0].mean())))
             if device.type == "cuda":
                 torch.cuda.synchronize()
             train_time += time.perf_counter() - t0
