@@ -404,7 +404,7 @@ def plot(results: dict, path: str) -> None:
     fig.savefig(path, dpi=120)
 
 
-def module_run(method: str, actors: int, data, steps: int, batch_size: int) -> dict:
+def module_run(method: str, actors: int, data, steps: int, batch_size: int, egg_popsize: int = 128) -> dict:
     """``steps`` training steps of ``method`` (PolyStep on the zoo SNN, EGGROLL on an MNIST MLP) on ``actors``
     Ray actors, after one warm-up step; the training split goes to each actor once, batches by name."""
     from zoopt.problems.zoo.models import make_model
@@ -419,7 +419,7 @@ def module_run(method: str, actors: int, data, steps: int, batch_size: int) -> d
     else:
         torch.manual_seed(0)
         model = torch.nn.Sequential(torch.nn.Linear(784, 128), torch.nn.Tanh(), torch.nn.Linear(128, 10))
-        members = 128
+        members = egg_popsize
         opt = zoopt.EGGROLL(model, popsize=members, rank=1, sigma=0.05, lr=0.05, seed=0, evaluator=ev, data=data)
     params = sum(t.numel() for t in model.parameters())
     try:
@@ -442,15 +442,18 @@ def module_run(method: str, actors: int, data, steps: int, batch_size: int) -> d
             "actor_cpu_s_per_step": actor_cpu / steps, "driver_cpu_s_per_step": driver_cpu / steps, "losses": losses}
 
 
-def bench_modules(steps: int, batch_size: int, limit_train: int) -> dict:
+def bench_modules(steps: int, batch_size: int, limit_train: int, egg_popsize: int = 128,
+                  methods=("polystep", "eggroll")) -> dict:
     """(4) module training on Ray: PolyStep on the zoo SNN and EGGROLL on an MNIST MLP, 1 vs 2 actors."""
     from zoopt.problems.data import load_mnist
 
     mnist = load_mnist(limit_train=limit_train)
     data = (mnist["x_train"], mnist["y_train"])
     out = {}
-    for method, label in (("polystep", "PolyStep, zoo SNN"), ("eggroll", "EGGROLL, MNIST MLP 784-128-10")):
-        one, two = (module_run(method, actors, data, steps, batch_size) for actors in (1, 2))
+    labels = {"polystep": "PolyStep, zoo SNN", "eggroll": f"EGGROLL ({egg_popsize} members), MNIST MLP 784-128-10"}
+    for method in methods:
+        label = labels[method]
+        one, two = (module_run(method, actors, data, steps, batch_size, egg_popsize) for actors in (1, 2))
         r = out[method] = {"ray1": one, "ray2": two, "speedup_2_vs_1": two["steps_per_s"] / one["steps_per_s"],
                            # what a free core per actor would give (time slicing by other processes aside)
                            "cpu_speedup_2_vs_1": 2 * one["actor_cpu_s_per_step"] / two["actor_cpu_s_per_step"],
@@ -475,6 +478,9 @@ def main(argv=None) -> dict:
     parser.add_argument("--full", action="store_true", help="more generations and larger env populations")
     parser.add_argument("--out", default="runs/bench_ray")
     parser.add_argument("--params", type=int, default=1_000_000)
+    parser.add_argument("--modules", default="polystep,eggroll", help="module part: subset of polystep,eggroll")
+    parser.add_argument("--egg-popsize", type=int, default=128,
+                        help="module part: EGGROLL members per step (small ones are bound by Ray's per-step overhead)")
     args = parser.parse_args(argv)
     parts = [p for p in args.parts.split(",") if p]
     envs = [e for e in args.envs.split(",") if e]
@@ -522,7 +528,8 @@ def main(argv=None) -> dict:
                     continue
             results["speedup"][env] = bench_speedup(label, make_problem, pops[args.full], rounds[args.full])
     if "modules" in parts:
-        results["modules"] = bench_modules(steps=8 if args.full else 3, batch_size=256, limit_train=4096)
+        results["modules"] = bench_modules(steps=8 if args.full else 3, batch_size=256, limit_train=4096,
+                                           egg_popsize=args.egg_popsize, methods=tuple(args.modules.split(",")))
     results["load_average_end"] = os.getloadavg()[0]
     print(f"load average at the end {results['load_average_end']:.1f} on {os.cpu_count()} cores: wall-clock ratios "
           "above are distorted when other processes share the cores", flush=True)
