@@ -12,3 +12,15 @@ def ray_cluster():
     yield ray
     if started:
         shutdown()
+
+
+@pytest.fixture
+def one_thread():
+    """Bit equality with actors needs the driver to compute with the actors' thread count (1): GEMMs round
+    differently with more threads, and torch's default here is 2."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

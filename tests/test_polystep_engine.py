@@ -9,7 +9,7 @@ from zoopt.polystep import BlockSpec, PolyStepES
 from zoopt.problems.zoo import make_model, zoo_data
 
 try:
-    from conftest_ray import ray_cluster  # noqa: F401  (the session's Ray cluster; skips when ray is absent)
+    from conftest_ray import one_thread, ray_cluster  # noqa: F401  (the session's Ray cluster; skips when ray is absent)
 except ImportError:
     pass
 
@@ -111,7 +111,7 @@ def test_batch_argument_errors(digits):
         zoopt.PolyStep(make_model("staircase", seed=1, in_features=64, hidden=32), evaluator="gpu")
 
 
-def test_polystep_on_two_ray_actors_equals_the_local_run_bit_for_bit(digits, ray_cluster):
+def test_polystep_on_two_ray_actors_equals_the_local_run_bit_for_bit(digits, ray_cluster, one_thread):
     x, y = digits
     runs = []
     for evaluator in ("local", "ray"):

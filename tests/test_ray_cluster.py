@@ -264,8 +264,6 @@ def two_nodes(tmp_path):
         shutil.rmtree(base, ignore_errors=True)
 
 
-@pytest.mark.skipif(os.environ.get("ZOOPT_RAY_MULTINODE") != "1",
-                    reason="starts a real two-node Ray cluster (~70-85 s on 2 loaded cores): ZOOPT_RAY_MULTINODE=1")
 def test_a_two_node_cluster_loses_a_node_mid_run_and_the_result_is_unchanged(two_nodes, tmp_path):
     """Head + second node (``ray start``, own processes and CPUs, token auth), the driver joins with
     ``address=``, actors spread over both nodes; the second node's raylet is SIGKILLed in generation 2."""

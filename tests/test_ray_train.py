@@ -9,7 +9,7 @@ import torch
 pytest.importorskip("ray")
 
 import zoopt  # noqa: E402
-from conftest_ray import ray_cluster  # noqa: E402,F401
+from conftest_ray import one_thread, ray_cluster  # noqa: E402,F401
 from zoopt.cli import main as cli  # noqa: E402
 from zoopt.problems.zoo import make_model, zoo_data  # noqa: E402
 from zoopt.training import make_optimizer  # noqa: E402
@@ -19,14 +19,7 @@ TINY = ["--model", "mlp", "--data", "digits", "--epochs", "2", "--batch-size", "
 LOSS = torch.nn.CrossEntropyLoss()
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Bit equality needs the driver to compute with the actors' thread count (1): GEMMs round differently with
-    more threads, and another test may have left torch with 2."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def on_ray(method):
