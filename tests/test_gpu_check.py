@@ -1,4 +1,5 @@
 """scripts/gpu_check.py at toy sizes on CPU: every part runs and reports numbers (or a clean CUDA skip)."""
+import importlib.util
 import json
 import math
 import os
@@ -39,8 +40,11 @@ def test_gpu_check_tiny_on_cpu(tmp_path):
     poly = parts["polystep"]
     assert poly["candidates_per_step"] > 1
     assert _finite_positive(poly["ours"]["s_per_step"])
-    assert _finite_positive(poly["official"]["s_per_step"])  # the official package is an installed extra
-    assert _finite_positive(poly["ratio_ours_over_official"])
+    if importlib.util.find_spec("polystep") is None:  # the official package comes with the bench extra only
+        assert "not importable" in poly["official"]["skipped"]
+    else:
+        assert _finite_positive(poly["official"]["s_per_step"])
+        assert _finite_positive(poly["ratio_ours_over_official"])
 
     snn = parts["snn_mnist"]
     assert snn["epochs_done"] == len(snn["records"]) >= 1
