@@ -36,8 +36,15 @@ class JsonlLogger:
         the file lacks from ``history``, and drop records of generations that will be re-run."""
         if not self.path:
             return
-        lines = [line for line in _read_lines(self.path) if line.strip()][: len(history)]
-        lines += [json.dumps(r) for r in history[len(lines):]]
+        kept = [line for line in _read_lines(self.path) if line.strip()][: len(history)]
+        self._replace(kept + [json.dumps(r) for r in history[len(kept):]])
+
+    def rewrite(self, records: list) -> None:
+        """Replace the file, atomically, by exactly ``records`` (a run resumed from a checkpoint)."""
+        if self.path:
+            self._replace([json.dumps(r) for r in records])
+
+    def _replace(self, lines: list) -> None:
         atomic.write_text(self.path, "".join(line.rstrip("\n") + "\n" for line in lines))
 
 

@@ -15,7 +15,6 @@ one JSON line per generation in ``metrics.jsonl`` and the learning curve in
 """
 from __future__ import annotations
 
-import json
 import math
 import os
 import time
@@ -23,6 +22,7 @@ from typing import Optional
 
 import numpy as np
 
+from zoopt.metrics import JsonlLogger
 from zoopt.zoo_configs import RL_DEFAULTS
 
 
@@ -153,9 +153,7 @@ def train_rl(env_id: str, method: str = "openai_es", *, budget: int = 200_000, p
     except BaseException:
         problem.close()
         raise
-    metrics = os.path.join(out, "metrics.jsonl") if out else None
-    if metrics:
-        open(metrics, "w").close()
+    metrics = JsonlLogger(os.path.join(out, "metrics.jsonl") if out else None)
     history, best = [], {"return": -math.inf, "env_steps": None, "generation": None}
     reached_at, next_eval, test_seconds, last_cost, stop = None, eval_every_steps, 0.0, 0, "budget"
     start = time.perf_counter()
@@ -205,9 +203,7 @@ def train_rl(env_id: str, method: str = "openai_es", *, budget: int = 200_000, p
                     test_seconds += time.perf_counter() - t_test
                 rec["test_seconds"] = test_seconds
                 history.append(rec)
-                if metrics:
-                    with open(metrics, "a") as fh:
-                        fh.write(json.dumps(rec) + "\n")
+                metrics.log(rec)
                 if loggers is not None:
                     loggers.log(rec)
                 bar.update(min(problem.env_steps, budget) - bar.n)

@@ -38,6 +38,7 @@ import torch
 from tqdm.auto import tqdm
 
 from zoopt.atomic import load_torch, save_torch
+from zoopt.metrics import JsonlLogger
 from zoopt.training.interrupt import TrainingInterrupted, stop_on_interrupt
 
 CHECKPOINT_FORMAT = "zoopt-train-1"
@@ -138,12 +139,6 @@ def _restore(path, state, model, opt):
         raise ValueError(f"resume: the optimizer state in {path} does not fit this optimizer ({exc})") from None
 
 
-def _rewrite_jsonl(path: str, records: list) -> None:
-    with open(path, "w") as fh:
-        for rec in records:
-            fh.write(json.dumps(rec) + "\n")
-
-
 def _read_steps(path: str, upto: int) -> list:
     """The step records of an earlier run up to step ``upto`` (a torn last line is dropped)."""
     if not os.path.exists(path):
@@ -205,10 +200,9 @@ def train(model, data, loss_fn: Callable, opt, epochs: int = 1, *, batch_size: O
         pos = state["position"]
         epoch0, k0, step, train_time = int(pos["epoch"]), int(pos["k"]), int(pos["step"]), float(pos["train_time_s"])
         epoch_losses = list(pos["epoch_losses"])
-    if metrics_path:
-        _rewrite_jsonl(metrics_path, records)  # the log restarts with the epochs the checkpoint holds
-    if "steps" in paths:
-        _rewrite_jsonl(paths["steps"], _read_steps(paths["steps"], step) if resume else [])
+    metrics_log, steps_log = JsonlLogger(metrics_path, append=True), JsonlLogger(paths.get("steps"), append=True)
+    metrics_log.rewrite(records)  # the logs restart where the checkpoint stands
+    steps_log.rewrite(_read_steps(paths["steps"], step) if resume else [])
 
     def checkpoint(epoch, k, losses):
         if not out:
@@ -245,11 +239,9 @@ def train(model, data, loss_fn: Callable, opt, epochs: int = 1, *, batch_size: O
                     bar.update(1)
                     bar.set_postfix(loss=f"{loss:.4g}", refresh=False)
                     if log_every and step % log_every == 0 and "steps" in paths:
-                        with open(paths["steps"], "a") as fh:
-                            fh.write(json.dumps({"step": step, "epoch": epoch + 1,
-                                                 "train_loss": sum(window) / len(window),
-                                                 "train_loss_min": min(window), "train_loss_max": max(window),
-                                                 "evaluations": _evaluations(opt), "train_time_s": train_time}) + "\n")
+                        steps_log.log({"step": step, "epoch": epoch + 1, "train_loss": sum(window) / len(window),
+                                       "train_loss_min": min(window), "train_loss_max": max(window),
+                                       "evaluations": _evaluations(opt), "train_time_s": train_time})
                         window = []
                     due = (checkpoint_every is not None and step - saved_step >= checkpoint_every) or \
                         time.perf_counter() - saved_at >= checkpoint_seconds
@@ -272,9 +264,7 @@ def train(model, data, loss_fn: Callable, opt, epochs: int = 1, *, batch_size: O
                 records.append(rec)
                 if loggers is not None:
                     loggers.log(rec)
-                if metrics_path:
-                    with open(metrics_path, "a") as fh:
-                        fh.write(json.dumps(rec) + "\n")
+                metrics_log.log(rec)
                 if select is not None and (best is None or rec[select] > best[select]):
                     best = rec
                     if out:
