@@ -566,8 +566,9 @@ def write_dimacs(instance: MaxSATInstance, target, fmt: Optional[str] = None) ->
     if hasattr(target, "write"):
         target.write(text)
     else:
-        with open(target, "w") as fh:
-            fh.write(text)
+        from zoopt.atomic import write_text
+
+        write_text(os.fspath(target), text)
 
 
 # -- solutions in the MaxSAT-evaluation output format --------------------------------------------
