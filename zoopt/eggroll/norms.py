@@ -53,11 +53,10 @@ def _out(pop, view: torch.Tensor) -> torch.Tensor:
     return view.reshape(-1, *view.shape[2:])
 
 
-class _PopTrailingNorm(_PopulationAware):
-    """LayerNorm / RMSNorm: normalised over the trailing ``normalized_shape``."""
-
-    def _normalise(self, x):
-        raise NotImplementedError
+class _PopRowNorm(_PopulationAware):
+    """Norms whose statistics stay within a row (LayerNorm, RMSNorm, GroupNorm): the normalisation runs once
+    over all rows, then each member's affine. Subclasses give ``_normalise(x)``, ``_affine_at(view)`` (the
+    dimension where the affine vectors' shape starts) and ``_has_affine()``."""
 
     def forward(self, x):
         pop = self._population()
@@ -67,9 +66,17 @@ class _PopTrailingNorm(_PopulationAware):
         if not shared:
             pop.rows_per_member(x, "input")
         view = _per_member(pop, self._normalise(x), shared)
-        if self.elementwise_affine:
-            view = _affine(pop, self, view, view.dim() - len(self.normalized_shape))
-        return _out(pop, view)
+        return _out(pop, _affine(pop, self, view, self._affine_at(view)) if self._has_affine() else view)
+
+
+class _PopTrailingNorm(_PopRowNorm):
+    """LayerNorm / RMSNorm: normalised over the trailing ``normalized_shape``."""
+
+    def _affine_at(self, view):
+        return view.dim() - len(self.normalized_shape)
+
+    def _has_affine(self):
+        return self.elementwise_affine
 
 
 class PopLayerNorm(_PopTrailingNorm, nn.LayerNorm):
@@ -86,18 +93,17 @@ class PopRMSNorm(_PopTrailingNorm, nn.RMSNorm):
         return F.rms_norm(x, self.normalized_shape, None, self.eps)
 
 
-class PopGroupNorm(_PopulationAware, nn.GroupNorm):
-    """``nn.GroupNorm`` (statistics per sample) with per-member affine noise."""
+class PopGroupNorm(_PopRowNorm, nn.GroupNorm):
+    """``nn.GroupNorm`` (statistics per sample) with per-member affine noise on the channels."""
 
-    def forward(self, x):
-        pop = self._population()
-        if pop is None:
-            return super().forward(x)
-        shared = pop.is_shared(x)
-        if not shared:
-            pop.rows_per_member(x, "input")
-        view = _per_member(pop, F.group_norm(x, self.num_groups, None, None, self.eps), shared)
-        return _out(pop, _affine(pop, self, view, 2) if self.affine else view)
+    def _normalise(self, x):
+        return F.group_norm(x, self.num_groups, None, None, self.eps)
+
+    def _affine_at(self, view):
+        return 2
+
+    def _has_affine(self):
+        return self.affine
 
 
 class _PopBatchNorm(_PopulationAware):
