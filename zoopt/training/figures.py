@@ -26,6 +26,23 @@ def _save(fig, path: str) -> None:
         fig.savefig(fh, format="png", dpi=110)
 
 
+def _label(ax, xlabel: str | None, ylabel: str) -> None:
+    """Axis labels, a light grid, and a legend when something was drawn."""
+    if xlabel:
+        ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3)
+    if ax.lines:
+        ax.legend(fontsize=8)
+
+
+def _finish(plt, fig, path: str) -> str:
+    fig.tight_layout()
+    _save(fig, path)
+    plt.close(fig)
+    return path
+
+
 def plot_training(records: list, path: str, steps: list | None = None, title: str = "") -> str:
     plt = _pyplot()
     fig, (acc, loss) = plt.subplots(1, 2, figsize=(11, 4))
@@ -36,11 +53,7 @@ def plot_training(records: list, path: str, steps: list | None = None, title: st
     from matplotlib.ticker import MaxNLocator
 
     acc.xaxis.set_major_locator(MaxNLocator(integer=True))
-    acc.set_xlabel("epoch")
-    acc.set_ylabel("accuracy %")
-    acc.grid(alpha=0.3)
-    if acc.lines:
-        acc.legend(fontsize=8)
+    _label(acc, "epoch", "accuracy %")
     if steps and len(steps) >= 2:
         xs = [s["step"] for s in steps]
         loss.plot(xs, [s["train_loss"] for s in steps], "-o", ms=2, lw=1.3, label="train loss (window mean)")
@@ -51,14 +64,9 @@ def plot_training(records: list, path: str, steps: list | None = None, title: st
         loss.plot(epochs, [r["train_loss"] for r in records], "-o", label="train loss (epoch mean)")
         loss.xaxis.set_major_locator(MaxNLocator(integer=True))
         loss.set_xlabel("epoch")
-    loss.set_ylabel("training loss")
-    loss.grid(alpha=0.3)
-    loss.legend(fontsize=8)
+    _label(loss, None, "training loss")
     fig.suptitle(title)
-    fig.tight_layout()
-    _save(fig, path)
-    plt.close(fig)
-    return path
+    return _finish(plt, fig, path)
 
 
 def plot_returns(history: list, path: str, title: str = "") -> str:
@@ -75,15 +83,9 @@ def plot_returns(history: list, path: str, title: str = "") -> str:
                     label="+- std over test episodes")
     ax.plot([r["env_steps"] for r in history], [r["train_mean"] for r in history], lw=1, alpha=0.7,
             label="population: mean training return")
-    ax.set_xlabel("environment steps")
-    ax.set_ylabel("return")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    _label(ax, "environment steps", "return")
     ax.set_title(title)
-    fig.tight_layout()
-    _save(fig, path)
-    plt.close(fig)
-    return path
+    return _finish(plt, fig, path)
 
 
 
@@ -95,25 +97,15 @@ def plot_generations(records: list, path: str, title: str = "") -> str:
         pts = [(r["generation"], 100 * r[key]) for r in records if key in r]
         if pts:
             acc.plot([p[0] for p in pts], [p[1] for p in pts], style, ms=3, label=key.replace("_", " "))
-    acc.set_xlabel("generation")
-    acc.set_ylabel("accuracy %")
-    acc.grid(alpha=0.3)
-    if acc.lines:
-        acc.legend(fontsize=8)
+    _label(acc, "generation", "accuracy %")
     xs = [r["generation"] for r in records]
     loss.plot(xs, [r["train_loss"] for r in records], lw=1.3, label="population mean loss")
     if all("train_loss_min" in r and "train_loss_max" in r for r in records):
         loss.fill_between(xs, [r["train_loss_min"] for r in records], [r["train_loss_max"] for r in records],
                           alpha=0.25, label="population min-max")
-    loss.set_xlabel("generation")
-    loss.set_ylabel("training loss")
-    loss.grid(alpha=0.3)
-    loss.legend(fontsize=8)
+    _label(loss, "generation", "training loss")
     fig.suptitle(title)
-    fig.tight_layout()
-    _save(fig, path)
-    plt.close(fig)
-    return path
+    return _finish(plt, fig, path)
 
 
 def _rows(path: str) -> list:
