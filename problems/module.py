@@ -15,6 +15,8 @@ travels by value; without it the batch is ``batches(generation)``.
 from __future__ import annotations
 
 import math
+import numbers
+import pickle
 from typing import Callable, Dict
 
 import torch
@@ -33,6 +35,41 @@ STRUCTURED: Dict[str, Callable] = {}
 def register_structured(kind: str, evaluate: Callable) -> None:
     """Make ``evaluate(problem, spec, members, x, y)`` the ModuleProblem path for specs of ``kind``."""
     STRUCTURED[kind] = evaluate
+
+
+def batch_entry(batch, has_data: bool, owner: str = "this optimizer") -> tuple:
+    """The ``spec.extras[BATCH_KEY]`` entry of a step's ``batch``: three ints ``(epoch, k, batch_size)``
+    naming rows of the problem's own data, or ``(x, y)`` by value. A view (``x[:80]``) is copied, so that
+    shipping it to an actor sends its rows, not the whole tensor behind it."""
+    if isinstance(batch, (tuple, list)) and len(batch) == 3 and \
+            all(isinstance(v, numbers.Integral) and not isinstance(v, bool) for v in batch):
+        if not has_data:
+            raise ValueError(f"batch (epoch, k, batch_size) needs data=(x_train, y_train): {owner} was built "
+                             "without data")
+        epoch, k, size = (int(v) for v in batch)
+        if epoch < 0 or k < 0 or size < 1:
+            raise ValueError(f"batch (epoch, k, batch_size) needs epoch, k >= 0 and batch_size >= 1, got {batch}")
+        return (epoch, k, size)
+    if not isinstance(batch, (tuple, list)) or len(batch) != 2:
+        raise TypeError("batch must be a pair (x, y) or a triple of ints (epoch, k, batch_size)")
+    return tuple(_own_storage(t) for t in batch)
+
+
+def _own_storage(t):
+    if isinstance(t, torch.Tensor) and t.untyped_storage().nbytes() > t.numel() * t.element_size():
+        return t.clone()
+    return t
+
+
+def same_loss(a, b) -> bool:
+    """True when two loss functions compute the same thing: the same object, or equal pickles (a fresh
+    ``nn.CrossEntropyLoss()`` per step must not re-ship the problem to every actor)."""
+    if a is b:
+        return True
+    try:
+        return pickle.dumps(a) == pickle.dumps(b)
+    except Exception:  # unpicklable (a lambda): only the same object counts
+        return False
 
 
 def epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:

@@ -30,7 +30,7 @@ import warnings
 import torch
 from torch import nn
 
-from zoopt.problems.module import BATCH_KEY, ModuleProblem, flatten_params, load_flat
+from zoopt.problems.module import BATCH_KEY, ModuleProblem, batch_entry, flatten_params, load_flat, same_loss
 from zoopt.strategy import check_popsize
 from zoopt.workers import make_evaluator
 
@@ -48,24 +48,6 @@ def default_chunk(popsize: int) -> int:
     """Members per population forward: ``popsize // 4`` (even), at least 64, at most ``popsize``.
     Fewer, larger forwards are cheaper in one process; four of them feed up to four Ray actors."""
     return min(popsize, max(64, popsize // 4 // 2 * 2))
-
-
-def _named(batch) -> bool:
-    """True for a batch named ``(epoch, k, batch_size)``."""
-    return (isinstance(batch, (tuple, list)) and len(batch) == 3
-            and all(isinstance(v, int) and not isinstance(v, bool) for v in batch))
-
-
-def _same_loss(a, b) -> bool:
-    """Two loss functions that compute the same thing (a fresh ``nn.CrossEntropyLoss()`` per step
-    must not re-ship the problem to every actor)."""
-    if a is b:
-        return True
-    if type(a) is not type(b) or not isinstance(a, nn.Module):
-        return False
-    plain = lambda m: {k: v for k, v in vars(m).items() if not k.startswith("_")}  # noqa: E731
-    same_buffers = all(torch.equal(x, y) for x, y in zip(a.buffers(), b.buffers()))
-    return plain(a) == plain(b) and same_buffers and len(list(a.buffers())) == len(list(b.buffers()))
 
 
 class EGGROLL:
@@ -198,20 +180,18 @@ class EGGROLL:
                          device=device, shared=shared)
         return self.holder.activate(pop)
 
-    def _rows(self, batch):
-        """``(x, y)`` tensors of ``batch``: given by value, or named ``(epoch, k, batch_size)`` in ``data``."""
-        if _named(batch):
-            if self.data is None:
-                raise ValueError("batch (epoch, k, batch_size) needs EGGROLL(..., data=(x_train, y_train))")
-            return self.problem.batches.rows(*batch)
-        if not (isinstance(batch, (tuple, list)) and len(batch) == 2):
-            raise TypeError("batch must be (x, y) tensors or (epoch, k, batch_size) ints")
-        return tuple(batch)
+    def _entry(self, batch) -> tuple:
+        """``batch`` as the spec names it: ``(x, y)`` by value or ``(epoch, k, batch_size)`` rows of ``data``."""
+        return batch_entry(batch, self.data is not None, "this EGGROLL")
+
+    def _rows(self, entry) -> tuple:
+        """The ``(x, y)`` tensors of a batch entry."""
+        return self.problem.batches.rows(*entry) if len(entry) == 3 else entry
 
     def _use_loss(self, loss_fn) -> None:
         if not callable(loss_fn):
             raise TypeError(f"loss_fn must be callable as loss_fn(output, target), got {type(loss_fn).__name__}")
-        if self.problem.loss_fn is None or not _same_loss(loss_fn, self.problem.loss_fn):
+        if self.problem.loss_fn is None or not same_loss(loss_fn, self.problem.loss_fn):
             if self.problem.loss_fn is not None:  # a new problem object: evaluators re-ship it once
                 old = self.problem
                 self.problem = ModuleProblem(self.model, None, old.batches, chunk=old.chunk)
@@ -221,9 +201,8 @@ class EGGROLL:
     def evaluate(self, batch, loss_fn, members=None) -> torch.Tensor:
         """Each member's loss on ``batch`` (x shared by all members); ``[len(members)]``."""
         self._use_loss(loss_fn)
-        rows = self._rows(batch)
         spec = self.spec()
-        spec.extras[BATCH_KEY] = tuple(batch) if _named(batch) else rows
+        spec.extras[BATCH_KEY] = self._entry(batch)
         return self.evaluator(self.problem, spec, members)
 
     @torch.no_grad()
@@ -264,10 +243,11 @@ class EGGROLL:
     def step(self, batch, loss_fn) -> float:
         """One generation on ``batch`` (``(x, y)`` or ``(epoch, k, batch_size)``); updates the model in
         place and returns the center's loss on the batch (before the update)."""
-        x, y = self._rows(batch)
+        entry = self._entry(batch)
+        x, y = self._rows(entry)
         with torch.no_grad():
             center_loss = float(loss_fn(self.model(x), y))
-        self.tell(self.evaluate(batch, loss_fn))
+        self.tell(self.evaluate(entry, loss_fn))
         return center_loss
 
     # -- checkpoints ----------------------------------------------------------------

@@ -24,14 +24,13 @@ from __future__ import annotations
 
 import copy
 import numbers
-import pickle
 from dataclasses import replace
 from typing import Optional
 
 import torch
 from torch import nn
 
-from zoopt.problems.module import BATCH_KEY, ModuleProblem
+from zoopt.problems.module import BATCH_KEY, ModuleProblem, batch_entry, same_loss
 from zoopt.workers import make_evaluator
 
 from .defaults import FULL_SPACE, subspace_defaults
@@ -43,13 +42,6 @@ from .subspace import SPARSE_THRESHOLD_BYTES
 
 def _no_data(generation):
     raise ValueError("this PolyStep has no data=(x_train, y_train): pass each batch as (x, y) tensors")
-
-
-def _loss_key(loss_fn) -> Optional[bytes]:
-    try:
-        return pickle.dumps(loss_fn)
-    except Exception:
-        return None
 
 
 class StepRadiusScale(torch.optim.Optimizer):
@@ -155,7 +147,6 @@ class PolyStep:
         per = self.strategy.stepper.num_vertices * self.strategy.stepper.num_probes
         self.problem.chunk = per * max(1, self.problem.chunk // per)
         self.absorb_interval = absorb_interval
-        self._shipped_loss = None
         self.evaluations = 0  # candidate forward passes (the one center forward per step is not counted)
         self.last_stats: dict = {}
         self.evaluator = make_evaluator(evaluator, **(evaluator_options or {}))  # last: may start Ray actors
@@ -215,40 +206,21 @@ class PolyStep:
         self.stepper.reset_dynamics()
 
     def _use_loss(self, loss_fn) -> None:
-        if loss_fn is self.problem.loss_fn:
-            return
-        if self.problem.loss_fn is None or getattr(self.evaluator, "name", None) == "local":
-            self.problem.loss_fn = loss_fn
-            return
-        key = _loss_key(loss_fn)  # a fresh but equal loss object need not be shipped again
-        if key is None or key != self._shipped_loss:
-            self._new_problem()
+        shipped = self.problem.loss_fn
+        if shipped is not None and getattr(self.evaluator, "name", None) != "local" and \
+                not same_loss(loss_fn, shipped):
+            self._new_problem()  # a new problem object: evaluators ship it (and the loss) once
         self.problem.loss_fn = loss_fn
-        self._shipped_loss = key
 
     def _batch(self, batch):
         """``spec.extras`` entry naming the batch: ``(x, y)`` by value or ``(epoch, k, batch_size)``."""
-        if isinstance(batch, (tuple, list)) and len(batch) == 3 and \
-                all(isinstance(v, numbers.Integral) and not isinstance(v, bool) for v in batch):
-            if self.problem.batches is _no_data:
-                raise ValueError("batch (epoch, k, batch_size) names rows of data=(x_train, y_train); "
-                                 "this PolyStep was built without data")
-            epoch, k, size = (int(v) for v in batch)
-            if epoch < 0 or k < 0 or size < 1:
-                raise ValueError(f"batch (epoch, k, batch_size) needs epoch, k >= 0 and batch_size >= 1, got {batch}")
-            return (epoch, k, size)
-        if not isinstance(batch, (tuple, list)) or len(batch) != 2:
-            raise TypeError("batch must be a pair (x, y) or a triple of ints (epoch, k, batch_size)")
-        return tuple(_own_storage(t) for t in batch)
+        return batch_entry(batch, self.problem.batches is not _no_data, "this PolyStep")
 
     # -- the step --------------------------------------------------------------------------------
     @torch.no_grad()
     def step(self, batch, loss_fn) -> float:
         """One PolyStep step on ``batch``; returns the center's loss on it before the move."""
         named = self._batch(batch)
-        if self.problem.loss_fn is None:
-            self.problem.loss_fn = loss_fn
-            self._shipped_loss = _loss_key(loss_fn) if getattr(self.evaluator, "name", None) != "local" else None
         self._use_loss(loss_fn)
         self._write()
         if self.stepper.is_coast():
@@ -293,13 +265,6 @@ class PolyStep:
         if state.get("lr") is not None:  # states saved before the lr existed resume at lr 1
             self.optimizer.load_state_dict(state["lr"])
         self._write()
-
-
-def _own_storage(t):
-    """A tensor that pickles as itself: a view of a bigger tensor (``x[:80]``) would ship the whole storage."""
-    if isinstance(t, torch.Tensor) and t.untyped_storage().nbytes() > t.numel() * t.element_size():
-        return t.clone()
-    return t
 
 
 class _Named:

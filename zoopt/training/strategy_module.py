@@ -16,11 +16,10 @@ Strategies without one (CMA-ES, SPSA) have no learning rate to drive.
 """
 from __future__ import annotations
 
-import numbers
 
 import torch
 
-from zoopt.problems.module import BATCH_KEY, ModuleProblem, load_flat
+from zoopt.problems.module import BATCH_KEY, ModuleProblem, batch_entry, load_flat, same_loss
 
 
 class ModelDeviceProblem(ModuleProblem):
@@ -28,16 +27,6 @@ class ModelDeviceProblem(ModuleProblem):
 
     def member_losses(self, params, x, y):
         return super().member_losses({k: v.to(x.device) for k, v in params.items()}, x, y).cpu()
-
-
-def named_batch(batch) -> bool:
-    """True for ``(epoch, k, batch_size)`` ints, False for ``(x, y)``; TypeError otherwise."""
-    if isinstance(batch, (tuple, list)):
-        if len(batch) == 3 and all(isinstance(v, numbers.Integral) and not isinstance(v, bool) for v in batch):
-            return True
-        if len(batch) == 2:
-            return False
-    raise TypeError("batch must be (x, y) or (epoch, k, batch_size) ints naming rows of data")
 
 
 class StrategyModule:
@@ -75,7 +64,7 @@ class StrategyModule:
 
     def _problem(self, loss_fn, batch) -> ModuleProblem:
         """One problem per loss function: an evaluator ships it to its actors once."""
-        if self.problem is None or self.problem_loss is not loss_fn:
+        if self.problem is None or not same_loss(loss_fn, self.problem_loss):
             data = self.data if self.data is not None else (batch[0][:1], batch[1][:1])
             self.problem = ModelDeviceProblem(self.model, loss_fn, tuple(data), seed=self.data_seed, chunk=self.chunk)
             self.problem_loss = loss_fn
@@ -83,12 +72,10 @@ class StrategyModule:
 
     def step(self, batch, loss_fn) -> float:
         """One generation on ``batch``; returns the members' mean loss."""
-        named = named_batch(batch)
-        if named and self.data is None:
-            raise ValueError("a batch named (epoch, k, batch_size) needs data=(x, y) given to the optimizer")
-        problem = self._problem(loss_fn, batch)
+        entry = batch_entry(batch, self.data is not None, f"this {self.name} optimizer")
+        problem = self._problem(loss_fn, entry)
         spec = self.strategy.ask()
-        spec.extras[BATCH_KEY] = tuple(int(v) for v in batch) if named else tuple(batch)
+        spec.extras[BATCH_KEY] = entry
         fitness = self.evaluator(problem, spec)
         self.strategy.tell(fitness)
         self.evaluations += spec.popsize
@@ -110,4 +97,4 @@ class StrategyModule:
             self.evaluator.close()
 
 
-__all__ = ["StrategyModule", "ModelDeviceProblem", "named_batch"]
+__all__ = ["StrategyModule", "ModelDeviceProblem"]
