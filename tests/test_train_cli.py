@@ -419,3 +419,75 @@ def test_summarize_nondiff_merges_seeds_and_keeps_sizes_apart(tmp_path, capsys):
     assert "+5.00" in capsys.readouterr().out      # mean diff over seeds 0 and 1 at rank 4
     with pytest.raises(ValueError, match="twice"):
         summ.collect(dirs + [write("d", 1, 4, (0.2, 0.2))])
+
+
+def test_polystep_config_choice_auto_picks_paper_only_for_full_mnist():
+    from zoopt.zoo_configs import choose_polystep_config
+
+    assert choose_polystep_config("auto", "mnist") == "paper"
+    assert choose_polystep_config("auto", "mnist", limit_train=5000) == "scaled"
+    assert choose_polystep_config("auto", "digits") == "scaled"
+    assert choose_polystep_config("paper", "digits") == "paper"
+    assert choose_polystep_config("scaled", "mnist") == "scaled"
+    with pytest.raises(ValueError, match="polystep config must be one of"):
+        choose_polystep_config("fast", "digits")
+
+
+def _eps_alpha_rho(opt):
+    s = opt.stepper
+    return s.epsilon.at(0), s.step_radius.at(0), (s.probe_radius.at(0) if hasattr(s.probe_radius, "at")
+                                                  else s.probe_radius * s.epsilon.at(0))
+
+
+def test_make_optimizer_builds_the_paper_config_unless_scaled_is_asked_for():
+    """No "config" (what scripts/bench_nondiff.py passes) is the paper's; "scaled" is zoopt.PolyStep(model)'s."""
+    paper = make_optimizer("polystep", make_model("snn", in_features=64), model_name="snn", total_steps=10,
+                           polystep_overrides={"rank": None, "polytope": None})
+    assert _eps_alpha_rho(paper) == pytest.approx((0.5, 2.0 * 0.5, 1.0 * 0.5))
+    assert paper.absorb_interval == 20 and paper.stepper.biased_rotation
+    model = make_model("snn", in_features=64)
+    scaled = make_optimizer("polystep", model, model_name="snn", total_steps=10,
+                            polystep_overrides={"config": "scaled", "rank": None, "polytope": None})
+    plain = zoopt.PolyStep(make_model("snn", in_features=64), seed=0)
+    assert _eps_alpha_rho(scaled) == pytest.approx(_eps_alpha_rho(plain))
+    assert scaled.subspace.dim == plain.subspace.dim and scaled.absorb_interval == 0
+    assert make_optimizer("polystep", make_model("snn", in_features=64), model_name="snn", total_steps=10,
+                          polystep_overrides={"config": "scaled", "rank": 1}).subspace.dim < plain.subspace.dim
+    with pytest.raises(ValueError, match="polystep config must be"):
+        make_optimizer("polystep", model, model_name="snn", total_steps=10, polystep_overrides={"config": "fast"})
+
+
+@pytest.mark.parametrize("flags,expected", [([], "scaled"), (["--polystep-config", "paper"], "paper")])
+def test_cli_polystep_config_is_the_one_it_says(tmp_path, monkeypatch, flags, expected):
+    """On digits `zoopt train` builds zoopt.PolyStep's scaled defaults (auto) unless --polystep-config paper;
+    run.json records which."""
+    built = []
+
+    class Recording(zoopt.PolyStep):
+        def __init__(self, model, **kwargs):
+            super().__init__(model, **kwargs)
+            built.append(self)
+
+    monkeypatch.setattr(zoopt, "PolyStep", Recording)
+    out = tmp_path / "run"
+    assert cli(["train", "--model", "mlp", "--method", "polystep", "--data", "digits", "--epochs", "1",
+                "--batch-size", "128", "--limit-train", "128", "--rank", "1", "--out", str(out), "--quiet",
+                *flags]) == 0
+    assert json.load(open(out / "run.json"))["polystep_overrides"] == {"rank": 1, "config": expected}
+    (opt,) = built
+    reference = (make_optimizer("polystep", make_model("mlp", in_features=64), model_name="mlp", total_steps=1,
+                                polystep_overrides={"rank": 1}) if expected == "paper" else
+                 zoopt.PolyStep(make_model("mlp", in_features=64), rank=1))
+    assert _eps_alpha_rho(opt) == pytest.approx(_eps_alpha_rho(reference))
+    assert opt.subspace.dim == reference.subspace.dim
+    assert "--polystep-config" in _help(["train"]) and "auto" in _help(["train"])
+
+
+def _help(argv):
+    import contextlib
+    import io
+
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf), pytest.raises(SystemExit):
+        cli([*argv, "--help"])
+    return buf.getvalue()

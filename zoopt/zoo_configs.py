@@ -3,6 +3,9 @@
 * :data:`PAPER_CONFIGS`: PolyStep's per-model configs (polystep.md §3). Floats are
   flat values (radii multiplied by eps, the radius rule); ``(init, target)`` pairs
   are cosine schedules over all training steps.
+* :func:`choose_polystep_config`: which PolyStep settings ``zoopt train`` uses,
+  the paper's per-model config or ``zoopt.PolyStep(model)``'s model-scaled
+  defaults (:mod:`zoopt.polystep.defaults`).
 * :data:`ES_DEFAULTS`: the gradient-free baselines on zoo networks (polystep.md §4.1).
 * :data:`RL_DEFAULTS`: strategy options per method for policy search (flat policy
   vectors with normalized observations).
@@ -37,6 +40,24 @@ RL_DEFAULTS = {
     "eggroll": {"sigma": 0.1, "lr": 0.05},
     "random": {},
 }
+
+
+# PolyStep settings for a zoo network: "paper" is PAPER_CONFIGS (tuned for 30 epochs of 117 steps on the full
+# MNIST training split; at a few epochs or on digits the schedules stay near chance), "scaled" is
+# zoopt.PolyStep(model)'s defaults chosen from the model's size (zoopt.polystep.defaults; they learn in
+# tens of steps), "auto" picks "paper" for the full MNIST training split and "scaled" for anything else.
+POLYSTEP_CONFIG_CHOICES = ("auto", "paper", "scaled")
+
+
+def choose_polystep_config(choice: str = "auto", data="mnist", limit_train=None) -> str:
+    """``"paper"`` or ``"scaled"`` for ``choice`` (one of :data:`POLYSTEP_CONFIG_CHOICES`): ``"auto"`` is
+    ``"paper"`` when ``data`` is ``"mnist"`` with its whole training split (``limit_train`` None), else
+    ``"scaled"``."""
+    if choice not in POLYSTEP_CONFIG_CHOICES:
+        raise ValueError(f"polystep config must be one of {POLYSTEP_CONFIG_CHOICES}, got {choice!r}")
+    if choice != "auto":
+        return choice
+    return "paper" if data == "mnist" and limit_train is None else "scaled"
 
 
 def polystep_config(model_name: str, **overrides) -> dict:
@@ -91,5 +112,6 @@ def maxsat_config(n_vars: int, preset: str = "default") -> dict:
             "steps": 3000}
 
 
-__all__ = ["PAPER_CONFIGS", "POLYSTEP_COMMON", "ES_DEFAULTS", "RL_DEFAULTS", "polystep_config", "schedules",
+__all__ = ["PAPER_CONFIGS", "POLYSTEP_COMMON", "ES_DEFAULTS", "RL_DEFAULTS", "POLYSTEP_CONFIG_CHOICES",
+           "choose_polystep_config", "polystep_config", "schedules",
            "polystep_kwargs", "MAXSAT_COMMON", "maxsat_config"]

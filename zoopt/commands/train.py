@@ -2,6 +2,12 @@
 :func:`zoopt.training.train_zoo`).
 
     zoopt train --model snn --method polystep --data digits --epochs 3
+
+PolyStep's settings (``--polystep-config``): ``paper`` is the paper's per-model config
+(cosine schedules tuned for 30 epochs on the full MNIST training split), ``scaled`` is
+``zoopt.PolyStep(model)``'s defaults chosen from the model's size, and ``auto`` (the
+default) picks ``paper`` for the full MNIST training split and ``scaled`` otherwise
+(digits, ``--limit-train``), where the paper's schedules barely move in a few epochs.
 """
 from __future__ import annotations
 
@@ -12,6 +18,7 @@ from zoopt.commands import options
 
 def register(sub) -> None:
     from zoopt.problems.zoo import MODELS
+    from zoopt.zoo_configs import POLYSTEP_CONFIG_CHOICES
 
     p = options.add_command(sub, "train", help="train a non-differentiable zoo network (snn, int8, argmax, staircase, "
                                                "moe, mlp) with a forward-only method")
@@ -25,7 +32,13 @@ def register(sub) -> None:
     p.add_argument("--limit-eval", type=int, default=None, help="keep the first N validation and test examples")
     p.add_argument("--time-limit", type=float, default=None, help="stop after this many seconds of stepping")
     options.add_seed(p)
-    p.add_argument("--rank", type=int, default=None, help="PolyStep subspace rank (default: the paper's per model)")
+    p.add_argument("--polystep-config", default="auto", choices=POLYSTEP_CONFIG_CHOICES,
+                   help="PolyStep's settings: paper (the paper's per-model config and schedules, tuned for 30 "
+                        "epochs of full MNIST), scaled (zoopt.PolyStep's defaults chosen from the model's size; "
+                        "learn in tens of steps), auto (paper for --data mnist without --limit-train, else "
+                        "scaled)")
+    p.add_argument("--rank", type=int, default=None,
+                   help="PolyStep subspace rank (default: the paper's per model, or zoopt.PolyStep's with scaled)")
     p.add_argument("--polytope", default=None, choices=("orthoplex", "simplex", "cube"))
     p.add_argument("--lr", type=float, default=None, help="learning rate (adam, openai_es, eggroll)")
     p.add_argument("--popsize", type=int, default=None, help="population size (openai_es, sep_cma_es, eggroll)")
@@ -46,17 +59,21 @@ def main(args) -> int:
     from zoopt.loggers import make_loggers
     from zoopt.training import TrainingInterrupted, default_run_dir, train_zoo
     from zoopt.training.methods import check_method
+    from zoopt.zoo_configs import choose_polystep_config
 
     options.apply_threads(args)
     check_method(args.method)
     out = args.out or default_run_dir(args.model, args.method, args.data, args.seed)
     loggers = make_loggers(args.logger, out)
     method_options = {"lr": args.lr, "popsize": args.popsize, "sigma": args.sigma}
+    polystep = {"rank": args.rank, "polytope": args.polytope}
+    if args.method == "polystep":  # recorded in run.json with the other overrides
+        polystep["config"] = choose_polystep_config(args.polystep_config, args.data, args.limit_train)
     try:
         s = train_zoo(args.model, args.method, data=args.data, epochs=args.epochs, batch_size=args.batch_size,
                       seed=args.seed, limit_train=args.limit_train, limit_eval=args.limit_eval,
                       options={k: v for k, v in method_options.items() if v is not None},
-                      polystep_overrides={"rank": args.rank, "polytope": args.polytope}, workers=args.workers,
+                      polystep_overrides=polystep, workers=args.workers,
                       backend=args.backend, address=args.address, out=out, resume=args.resume, force=args.force,
                       time_limit=args.time_limit, log_every=args.log_every, checkpoint_every=args.checkpoint_every,
                       progress=not args.quiet, device=args.device, loggers=loggers)

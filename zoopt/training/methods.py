@@ -1,7 +1,9 @@
 """Optimizers for the zoo networks by method name: one object with ``step(batch, loss_fn)``,
 ``state_dict()`` / ``load_state_dict()`` and ``evaluations`` per method.
 
-``polystep`` (``zoopt.PolyStep`` with the paper's per-model config), ``eggroll``
+``polystep`` (``zoopt.PolyStep`` with the paper's per-model config, or with its model-scaled
+defaults when ``polystep_overrides["config"]`` is ``"scaled"``; see
+:func:`zoopt.zoo_configs.choose_polystep_config`), ``eggroll``
 (``zoopt.EGGROLL``), ``openai_es`` / ``sep_cma_es`` / ``spsa`` (a strategy on the
 flat parameter vector, :class:`StrategyModule`) and ``adam`` (backprop on the smooth
 twin, the ceiling). ``evaluator``, ``data`` and ``data_seed`` follow the facades'
@@ -42,9 +44,16 @@ def _placement_kwargs(cls, method: str, placement: dict) -> dict:
 def _polystep(model, *, model_name, total_steps, seed, options, polystep_overrides, placement):
     import zoopt
 
-    cfg = polystep_config(model_name, **(polystep_overrides or {}))
-    return zoopt.PolyStep(model, **polystep_kwargs(cfg, total_steps, seed), **options,
-                          **_placement_kwargs(zoopt.PolyStep, "polystep", placement))
+    overrides = dict(polystep_overrides or {})
+    config = overrides.pop("config", None) or "paper"
+    placed = _placement_kwargs(zoopt.PolyStep, "polystep", placement)
+    if config == "scaled":  # zoopt.PolyStep's own defaults; only the explicit overrides replace them
+        chosen = {k: v for k, v in overrides.items() if v is not None}
+        return zoopt.PolyStep(model, seed=seed, **chosen, **options, **placed)
+    if config != "paper":
+        raise ValueError(f"polystep config must be 'paper' or 'scaled', got {config!r}")
+    cfg = polystep_config(model_name, **overrides)
+    return zoopt.PolyStep(model, **polystep_kwargs(cfg, total_steps, seed), **options, **placed)
 
 
 def _eggroll(model, *, model_name, total_steps, seed, options, polystep_overrides, placement):
