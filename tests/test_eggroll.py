@@ -297,3 +297,88 @@ def test_cuda_dispatch_branch_equals_the_cpu_layers(monkeypatch):
     assert torch.allclose(got_shared, ref_shared, atol=1e-5) and torch.allclose(got_rows, ref_rows, atol=1e-5)
     assert set(calls) >= {opt.plan.params[i].tensor_id for i, pp in enumerate(opt.plan.params)
                           if pp.name in ("proj.weight", "gru.weight_hh_l1", "head.weight")}
+
+
+def test_module_parameters_are_the_center_updated_in_place_block_by_block(monkeypatch):
+    """The module optimizer holds no flat copy: its optimizer steps the model's own tensors, one block at a
+    time (the whole-vector gradient is never built), the spec's center reads them, best_x is not built."""
+    torch.manual_seed(0)
+    x, y = torch.randn(16, 4), torch.randint(0, 3, (16,))
+    model = mlp()
+    opt = EGGROLL(model, popsize=8, rank=2, sigma=0.1, lr=0.05, seed=4, optimizer="adam", exclude=["2.bias"])
+    ptrs = {n: p.data_ptr() for n, p in model.named_parameters()}
+    stepped = {p.data_ptr() for g in opt.optimizer.param_groups for p in g["params"]}
+    assert stepped == {p.data_ptr() for n, p in model.named_parameters() if n != "2.bias"}
+    monkeypatch.setattr(opt.strategy, "gradient", lambda *a: pytest.fail("the dense gradient was built"))
+    start = {n: p.detach().clone() for n, p in model.named_parameters()}
+    for _ in range(3):
+        opt.step((x, y), nn.CrossEntropyLoss())
+    assert {n: p.data_ptr() for n, p in model.named_parameters()} == ptrs
+    assert all(not torch.equal(p, start[n]) for n, p in model.named_parameters() if n != "2.bias")
+    assert torch.equal(model[2].bias, start["2.bias"])
+    flat = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+    assert torch.equal(opt.spec().center, flat) and torch.equal(opt.strategy.center, flat)
+    assert opt.strategy.best_x is None and math.isfinite(opt.strategy.best_f)
+
+
+def test_keep_best_builds_the_best_member():
+    torch.manual_seed(0)
+    x, y = torch.randn(16, 4), torch.randint(0, 3, (16,))
+    model = mlp()
+    opt = EGGROLL(model, popsize=6, rank=1, sigma=0.1, seed=2, keep_best=True)
+    losses = opt.evaluate((x, y), nn.CrossEntropyLoss())
+    best = int(torch.argmin(losses))
+    expected = opt.spec().points([best])[0]
+    opt.tell(losses)
+    assert torch.equal(opt.strategy.best_x, expected) and opt.strategy.best_f == float(losses[best])
+
+
+def test_float64_module_moves_through_a_float32_master():
+    """Tensors of another dtype keep a float32 master (the update's precision), written back after each step."""
+    torch.manual_seed(0)
+    x, y = torch.randn(16, 4).double(), torch.randint(0, 3, (16,))
+    model = mlp().double()
+    opt = EGGROLL(model, popsize=8, rank=2, sigma=0.1, lr=0.1, seed=1)
+    start = [p.detach().clone() for p in model.parameters()]
+    for _ in range(2):
+        opt.step((x, y), nn.CrossEntropyLoss())
+    for p, part, p0 in zip(model.parameters(), opt.spec().parts, start):
+        assert part.dtype == torch.float32 and torch.equal(p.detach(), part.double())
+        assert not torch.equal(p.detach(), p0)
+
+
+def test_one_parameter_optimizer_checkpoints_resume_per_block():
+    """Checkpoints of the earlier layout (the flat vector as the optimizer's single parameter, frozen blocks
+    inside it) resume bit for bit into the per-block optimizer."""
+    torch.manual_seed(0)
+    x, y = torch.randn(16, 4), torch.randint(0, 3, (16,))
+    kw = dict(popsize=8, rank=2, sigma=0.1, lr=0.05, seed=4, optimizer="adam", exclude=["2.weight"])
+    model = mlp()
+    opt = EGGROLL(model, **kw)
+    for _ in range(2):
+        opt.step((x, y), nn.CrossEntropyLoss())
+    state = opt.state_dict()
+    saved_model = {k: v.clone() for k, v in model.state_dict().items()}
+    # the same state in the one-parameter layout: per-block tensors concatenated, zeros for the frozen block
+    per_block = state["optimizer"]["state"]
+    blocks = opt.strategy.blocks
+    trained = [b for b in blocks if b.mode != "frozen"]
+    flat_state = {}
+    for key in per_block[0]:
+        if per_block[0][key].dim() == 0:
+            flat_state[key] = per_block[0][key].clone()
+        else:
+            by_name = {b.name: per_block[j][key].reshape(-1) for j, b in enumerate(trained)}
+            flat_state[key] = torch.cat([by_name.get(b.name, torch.zeros(b.numel)) for b in blocks])
+    old = dict(state, optimizer={"state": {0: flat_state},
+                                 "param_groups": [dict(state["optimizer"]["param_groups"][0], params=[0])]})
+    for _ in range(2):
+        opt.step((x, y), nn.CrossEntropyLoss())
+    model2 = mlp()
+    model2.load_state_dict(saved_model)
+    opt2 = EGGROLL(model2, **kw)
+    opt2.load_state_dict(old)
+    for _ in range(2):
+        opt2.step((x, y), nn.CrossEntropyLoss())
+    for (n, a), (_, b) in zip(model.state_dict().items(), model2.state_dict().items()):
+        assert torch.equal(a, b), n

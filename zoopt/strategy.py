@@ -59,6 +59,7 @@ class Strategy:
     """Base class: subclasses implement ``_ask()`` and ``_tell(spec, fitness)``."""
 
     name = "strategy"
+    keep_best = True  # False: track best_f only, never build the best member's vector (large models)
 
     def __init__(self, popsize: int, seed: int = 0, nonfinite: str = "worst", antithetic: bool = False):
         if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed < 2**63:
@@ -100,7 +101,8 @@ class Strategy:
         i = int(torch.argmin(clean))
         if float(clean[i]) < self.best_f:
             self.best_f = float(clean[i])
-            self.best_x = spec.points([i])[0].detach().cpu().clone()
+            if self.keep_best:
+                self.best_x = spec.points([i])[0].detach().cpu().clone()
         self._tell(spec, clean)
         self._pending = None
         self.generation += 1

@@ -4,8 +4,9 @@
     loss = opt.step((x, y), torch.nn.CrossEntropyLoss())   # the center's loss, before the update
 
 A facade over the engine's roles: the strategy is :class:`.EGGROLLES` on the
-model's trainable parameters (one block per parameter, keyed by its name), the
-problem is a ``ModuleProblem`` whose evaluation of low-rank specs runs the
+model's trainable parameters (one block per parameter, keyed by its name; the
+parameters themselves are its center, updated in place one tensor at a time: no
+flat copy of the model, no dense gradient of it), the problem is a ``ModuleProblem`` whose evaluation of low-rank specs runs the
 population-aware layers (:mod:`.problem`), and an evaluator (in process, or
 ``evaluator="ray"``) scores the members. The model's supported layers are
 swapped for population-aware ones (:mod:`.swap`); its code is unchanged.
@@ -30,14 +31,14 @@ import warnings
 import torch
 from torch import nn
 
-from zoopt.problems.module import BATCH_KEY, ModuleProblem, batch_entry, flatten_params, load_flat, same_loss
+from zoopt.problems.module import BATCH_KEY, ModuleProblem, batch_entry, same_loss
 from zoopt.strategy import check_popsize
 from zoopt.workers import make_evaluator
 
 from .population import Population, PopulationHolder
 from .strategy import EGGROLLES, check_int
 from .swap import plan_parameters, swap_layers, unswap
-from .update import shape_fitness
+from .update import pair_weights, shape_fitness
 
 
 def _no_data(generation):
@@ -68,7 +69,9 @@ class EGGROLL:
     memory, or to give Ray actors more ranges than ``popsize / chunk``.
     ``evaluator``: None / "local" | "ray" | an evaluator object, built with
     ``evaluator_options``; ``data``/``data_seed``: the training split that
-    batches named ``(epoch, k, batch_size)`` index.
+    batches named ``(epoch, k, batch_size)`` index. ``keep_best=True`` keeps the best member ever
+    scored as ``strategy.best_x`` (a full copy of the parameters, built at every new best);
+    by default only its loss ``strategy.best_f`` is kept.
     """
 
     def __init__(self, model: nn.Module, popsize: int = 256, rank: int = 1, sigma: float = 0.05, lr: float = 0.05,
@@ -77,7 +80,7 @@ class EGGROLL:
                  exclude=(), strict: bool = True, sigma_decay: float = 1.0, sigma_schedule=None, lr_schedule=None,
                  chunk: int | None = None, nonfinite: str = "worst", noise_chunk: int = 256,
                  optimizer_kwargs: dict | None = None, evaluator=None, evaluator_options: dict | None = None,
-                 data=None, data_seed: int = 0):
+                 data=None, data_seed: int = 0, keep_best: bool = False):
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         check_popsize(popsize, antithetic=True)
@@ -100,12 +103,12 @@ class EGGROLL:
         if not self.plan.perturbed():
             raise ValueError("model has no parameter EGGROLL can perturb")
         self.strategy = EGGROLLES(
-            flatten_params(model), popsize=popsize, sigma=sigma, lr=lr, rank=rank,
-            shapes=[tuple(pp.param.shape) for pp in self.plan.params], modes=[pp.mode for pp in self.plan.params],
+            params=[pp.param for pp in self.plan.params], popsize=popsize, sigma=sigma, lr=lr, rank=rank,
+            modes=[pp.mode for pp in self.plan.params],
             tensor_ids=[pp.tensor_id for pp in self.plan.params], names=[pp.name for pp in self.plan.params],
             optimizer=optimizer, weight_decay=weight_decay, fitness_shaping=fitness_shaping, group_size=group_size,
             noise_reuse=noise_reuse, sigma_decay=sigma_decay, sigma_schedule=sigma_schedule, seed=seed,
-            nonfinite=nonfinite, noise_chunk=noise_chunk, optimizer_kwargs=optimizer_kwargs)
+            nonfinite=nonfinite, noise_chunk=noise_chunk, optimizer_kwargs=optimizer_kwargs, keep_best=keep_best)
         self.scheduler = (torch.optim.lr_scheduler.LambdaLR(self.strategy.optimizer, lr_schedule)
                           if lr_schedule is not None else None)
 
@@ -222,10 +225,10 @@ class EGGROLL:
     def gradients(self, fitness) -> dict:
         """Gradient estimates ``{param name: G}`` for a fitness vector ``[popsize]`` (lower is better)."""
         f = torch.as_tensor(fitness, dtype=torch.float32).reshape(-1)
-        shaped = shape_fitness(f, self.strategy.fitness_shaping, self.strategy.group_size)
-        grad = self.strategy.gradient(self.spec(), shaped)
-        out = self.problem.unflatten(grad[None])
-        return {pp.name: out[pp.name][0] for pp in self.plan.perturbed()}
+        w = pair_weights(shape_fitness(f, self.strategy.fitness_shaping, self.strategy.group_size))
+        spec = self.spec()
+        return {pp.name: self.strategy.block_gradient(spec, i, w) for i, pp in enumerate(self.plan.params)
+                if pp.mode != "frozen"}
 
     def tell(self, fitness) -> dict:
         """Apply one update from the population's fitness ``[popsize]``; writes the new center into the model."""
@@ -233,8 +236,7 @@ class EGGROLL:
         if f.numel() != self.popsize:
             raise ValueError(f"fitness must have {self.popsize} values, got {f.numel()}")
         self.spec()
-        stats = self.strategy.tell(f)
-        load_flat(self.model, self.strategy.center)
+        stats = self.strategy.tell(f)  # updates the model's parameters in place
         if self.scheduler is not None:
             self.scheduler.step()
         self.last_fitness = f
@@ -262,8 +264,7 @@ class EGGROLL:
         if not isinstance(state, dict) or state.get("name") != "eggroll":
             raise ValueError(f"state_dict is for {state.get('name') if isinstance(state, dict) else state!r}, "
                              "not 'eggroll'")
-        self.strategy.load_state_dict(state)
-        load_flat(self.model, self.strategy.center)
+        self.strategy.load_state_dict(state)  # writes the center into the model's parameters
         if self.scheduler is not None and state.get("scheduler") is not None:
             self.scheduler.load_state_dict(state["scheduler"])
 

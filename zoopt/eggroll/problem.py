@@ -60,10 +60,28 @@ class PopulationModel:
         self._loaded = None
 
     def load(self, spec) -> None:
-        """Write the spec's center into the model (once per spec)."""
-        if self._loaded is not spec:
+        """Write the spec's center into the model (once per spec). A spec whose center is a list of
+        tensors (``parts``: the module optimizer's) is written tensor by tensor, skipping the tensors
+        that already are the model's: in process, nothing is copied."""
+        if self._loaded is spec:
+            return
+        parts = getattr(spec, "parts", ())
+        if parts:
+            params = [p for p in self.model.parameters() if p.requires_grad]
+            if len(params) != len(parts):
+                raise ValueError(f"the spec has {len(parts)} tensors for the model's {len(params)} trainable")
+            with torch.no_grad():
+                for p, part in zip(params, parts):
+                    if not _same_tensor(p, part):
+                        p.copy_(part)
+        else:
             load_flat(self.model, spec.center)
-            self._loaded = spec
+        self._loaded = spec
+
+
+def _same_tensor(a: torch.Tensor, b: torch.Tensor) -> bool:
+    return (a.data_ptr() == b.data_ptr() and a.shape == b.shape and a.stride() == b.stride()
+            and a.dtype == b.dtype and a.device == b.device)
 
 
 def population_model(problem, spec) -> PopulationModel:
