@@ -32,38 +32,77 @@ CPU_TIMES = {}  # the last time_ours call's per-step process CPU seconds
 HYPER = dict(epsilon=0.5, step_radius=2.0, probe_radius=1.0)  # the SNN recipe; radii multiplied by epsilon
 
 
-# Elementwise ops per element of each stage's output (the hard forwards in problems/zoo/layers.py):
-# LIF step: mem*beta, +current, >=threshold, cast, 1-spike, *mem; readout adds the count (+1).
-LIF_OPS, READOUT_OPS, RELU_OPS, LOSS_OPS = 6, 7, 1, 6
+# Elementwise ops per element of each stage's output, counting only what the hard forwards in
+# problems/zoo/layers.py must compute, not how torch spells it: a LIF step is mem*beta, +current,
+# >= threshold and the reset select (4; the float cast and the 1 - spike product of the torch
+# spelling are not needed: the fused kernel does without them); the readout also adds each spike
+# into the count (+1); ReLU 1; the loss per logit: subtract the row max, exp, sum, max (4; the
+# per-row log and the picked logit are O(B), not O(B C)).
+LIF_OPS, READOUT_OPS, RELU_OPS, LOSS_OPS = 4, 5, 1, 4
 
 
-def candidate_work(model_name: str, batch: int, pdim: int, in_features=784, hidden=128, classes=10, steps=15):
-    """Per stage the route of ``zoopt.polystep.evaluate`` takes: (coordinates in the hybrid subspace per
-    rank, callable rank -> coords), and (GEMM flops, elementwise ops) one candidate needs after the
-    shared prefix: its pre-activation offset (a pdim-term combination of shared responses) and the stages
-    after it, on ``batch`` rows. Shared work (the prefix, the per-coordinate responses) is not counted."""
+def candidate_work(model_name: str, batch: int, pdim: int, in_features=784, hidden=128, classes=10, steps=15,
+                   antipodal: bool = True):
+    """Per stage the route of ``zoopt.polystep.evaluate`` takes: (parameter shapes of the stage, GEMM flops,
+    elementwise ops) one candidate needs after the shared work (the prefix and the per-coordinate responses,
+    counted by :func:`shared_work`): its pre-activation, center plus a pdim-term combination of the shared
+    responses, then the stages after it, on ``batch`` rows. With ``antipodal`` (orthoplex: vertex v + V/2 is
+    -vertex v) a pair of candidates shares one combination, so each needs half its GEMM, plus one add or
+    subtract per pre-activation element."""
     B, H, C, T = batch, hidden, classes, steps
+    share = 0.5 if antipodal else 1.0
     loss = B * C * LOSS_OPS
     if model_name == "mlp":
-        return {"fc1": ([(H, in_features), (H,)], 2 * B * H * pdim + 2 * B * H * C, B * H * RELU_OPS + loss),
-                "fc2": ([(C, H), (C,)], 2 * B * C * pdim, loss)}
+        return {"fc1": ([(H, in_features), (H,)], share * 2 * B * H * pdim + 2 * B * H * C,
+                        B * H + B * H * RELU_OPS + loss),
+                "fc2": ([(C, H), (C,)], share * 2 * B * C * pdim, B * C + loss)}
     if model_name == "snn":
-        return {"fc1": ([(H, in_features), (H,)], 2 * B * H * pdim + 2 * B * T * H * C,
-                        T * B * H * LIF_OPS + T * B * C * READOUT_OPS + loss),
-                "fc2": ([(C, H), (C,)], 2 * B * T * C * pdim, T * B * C * READOUT_OPS + loss)}
+        return {"fc1": ([(H, in_features), (H,)], share * 2 * B * H * pdim + 2 * B * T * H * C,
+                        B * H + T * B * H * LIF_OPS + T * B * C * READOUT_OPS + loss),
+                "fc2": ([(C, H), (C,)], share * 2 * B * T * C * pdim,
+                        B * T * C + T * B * C * READOUT_OPS + loss)}
     raise ValueError(f"no arithmetic count for model {model_name!r}")
 
 
-def step_arithmetic(model_name, rank, batch, pdim, candidates):
-    """(GEMM flops, elementwise ops) of one step's candidates: a stage's share of the candidates is its
-    share of the subspace coordinates (every particle block of pdim coordinates has the same vertices)."""
+def _map_kind(shape, n_coords: int) -> str:
+    """The map ``HybridSubspace`` builds for a weight of ``shape`` with ``n_coords`` coordinates."""
+    from zoopt.polystep.subspace import SPARSE_THRESHOLD_BYTES
+    numel = 1
+    for s in shape:
+        numel *= s
+    return "sparse" if numel * n_coords * 4 > SPARSE_THRESHOLD_BYTES else "dense"
+
+
+def shared_work(model_name: str, rank: int, batch: int, in_features=784, hidden=128, classes=10, steps=15):
+    """GEMM flops of one step's shared work, done once per step whatever the candidates: the center's
+    forward and every subspace coordinate's response ``a_s M_j^T`` (a dense map's ``M_j`` is a full
+    [d_out, d_in] matrix; a sparse one has int(sqrt(numel)) entries; a bias coordinate is a one-hot)."""
+    import math
+
+    from zoopt.polystep.subspace import _weight_coords
+    B, H, C, T = batch, hidden, classes, steps
+    rows = {"fc1": B, "fc2": B * T if model_name == "snn" else B}
+    shapes = {"fc1": (H, in_features), "fc2": (C, H)}
+    flops = 2 * B * in_features * H + 2 * rows["fc2"] * H * C  # the center's forward
+    for stage, shape in shapes.items():
+        n = _weight_coords(shape, rank)
+        numel = shape[0] * shape[1]
+        per = 2 * rows[stage] * numel if _map_kind(shape, n) == "dense" else 2 * rows[stage] * int(math.sqrt(numel))
+        flops += n * per
+    return flops
+
+
+def step_arithmetic(model_name, rank, batch, pdim, candidates, polytope="orthoplex"):
+    """(GEMM flops, elementwise ops) of one step: the candidates' own work (a stage's share of the
+    candidates is its share of the subspace coordinates: every particle block of pdim coordinates has the
+    same vertices) plus the shared work once."""
     from zoopt.polystep.subspace import _weight_coords
 
-    work = candidate_work(model_name, batch, pdim)
+    work = candidate_work(model_name, batch, pdim, antipodal=polytope == "orthoplex")
     coords = {st: sum(_weight_coords(s, rank) if len(s) == 2 else s[0] for s in shapes)
               for st, (shapes, _, _) in work.items()}
     per_coord = candidates / sum(coords.values())
-    flops = sum(coords[st] * per_coord * work[st][1] for st in work)
+    flops = sum(coords[st] * per_coord * work[st][1] for st in work) + shared_work(model_name, rank, batch)
     elems = sum(coords[st] * per_coord * work[st][2] for st in work)
     return flops, elems
 
@@ -162,7 +201,7 @@ def main(argv=None):
         row = {"case": case, "model": model_name, "rank": rank, "polytope": polytope, "batch": args.batch,
                "candidates_per_step": n_ours, "ours_s_per_step": sum(ours) / len(ours), "ours_times": ours,
                "official_reference_s_per_step": reference, "device": device, "threads": args.threads}
-        flops, elems = step_arithmetic(model_name, rank, args.batch, 8, n_ours)
+        flops, elems = step_arithmetic(model_name, rank, args.batch, 8, n_ours, polytope)
         bound = flops / gemm_rate + elems / elem_rate
         cpu_step = sum(CPU_TIMES["ours"]) / len(CPU_TIMES["ours"])
         row.update(step_gflop=flops / 1e9, step_gelem_ops=elems / 1e9, gemm_gflops=gemm_rate / 1e9,

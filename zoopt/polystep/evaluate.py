@@ -36,6 +36,7 @@ through ``functional_call``); tests check every route against it.
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Tuple
 
@@ -49,7 +50,57 @@ from .subspace import HybridSubspace
 # (MLP rank 8, batch 512: 2.2 s per step at 16 MiB against 5.3 s at 512 MiB); a GPU wants big launches.
 ACTIVATION_BYTES = {"cpu": 16 * 2 ** 20, "cuda": 512 * 2 ** 20}
 PARAM_BYTES = 256 * 2 ** 20        # per chunk: per-candidate copies of touched tensors
-COMPILE_MIN_ROWS = 2 ** 20         # compile="auto": torch.compile a tail that runs this many rows per step
+COMPILE_MIN_ROWS = 2 ** 20         # compile="auto" on a GPU: torch.compile a tail that runs this many rows per step
+NARROW_PAD = 16                    # an nn.Linear with fewer outputs runs as a GEMM padded to this many
+
+
+def _identity(h):
+    return h
+
+
+def _narrow_linear(module: nn.Module):
+    """``module`` itself, or for a plain ``nn.Linear`` with fewer than ``NARROW_PAD`` outputs on CPU the same
+    map as one GEMM whose weight is zero-padded to ``NARROW_PAD`` rows (MKL is several times faster at 16
+    outputs than at 10; the extra columns are dropped, the kept ones equal ``F.linear`` to rounding)."""
+    if type(module) is not nn.Linear or module.out_features >= NARROW_PAD or module.weight.device.type != "cpu":
+        return module
+    out, weight = module.out_features, module.weight.detach()
+    padded = weight.new_zeros(NARROW_PAD, weight.shape[1])
+    padded[:out] = weight
+    bias = weight.new_zeros(NARROW_PAD)
+    if module.bias is not None:
+        bias[:out] = module.bias.detach()
+    padded_t = padded.T
+
+    def run(h):
+        if h.dim() != 2 or h.dtype != padded.dtype or h.device.type != "cpu":
+            return module(h)
+        return torch.addmm(bias, h, padded_t)[:, :out]
+    return run
+
+
+def _cross_entropy_means(loss_fn, outputs: torch.Tensor, y) -> Optional[torch.Tensor]:
+    """Per-candidate mean cross-entropy of ``outputs [N, B, C]`` against class indices ``y [B]`` as
+    ``logsumexp - picked logit``, or None unless ``loss_fn`` is a plain mean cross-entropy (no class
+    weights, no label smoothing, every label a valid class). Equal to ``vmap(loss_fn)`` to rounding
+    and several times faster: torch's log-softmax over a last dimension of 10 is slow on CPU."""
+    if type(loss_fn) is nn.CrossEntropyLoss:
+        if loss_fn.weight is not None or loss_fn.reduction != "mean" or loss_fn.label_smoothing != 0:
+            return None
+        ignore = loss_fn.ignore_index
+    elif loss_fn is nn.functional.cross_entropy:
+        ignore = -100
+    else:
+        return None
+    if not (torch.is_tensor(y) and y.dim() == 1 and y.dtype == torch.int64 and outputs.dim() == 3
+            and outputs.is_floating_point() and y.shape[0] == outputs.shape[1] and y.numel() > 0
+            and y.device == outputs.device):
+        return None
+    if bool((y < 0).any()) or bool((y >= outputs.shape[2]).any()) or bool((y == ignore).any()):
+        return None  # the reference reports (or ignores) these
+    n, b, _ = outputs.shape
+    picked = outputs.gather(2, y.expand(n, b).unsqueeze(2)).squeeze(2)
+    return (torch.logsumexp(outputs, dim=2) - picked).mean(dim=1)
 
 
 def _dense_forward():
@@ -66,10 +117,10 @@ def affine_parts(stage: nn.Module) -> Optional[Callable]:
     if not isinstance(stage, nn.Linear):
         return None
     if cls.forward is nn.Linear.forward:
-        return lambda h: h
+        return _identity
     if getattr(cls, "zoopt_affine", False) or (_dense_forward() is not None and cls.forward is _dense_forward()):
         act = getattr(stage, "activation", None)
-        return act if act is not None else (lambda h: h)
+        return _identity if act is None or type(act) is nn.Identity else act
     return None
 
 
@@ -138,6 +189,8 @@ class BlockEvaluator:
             raise ValueError(f"compile must be True, False or 'auto', got {compile!r}")
         self.compile = compile
         self._compiled: Dict[int, object] = {}
+        self._batch: Dict[int, tuple] = {}
+        self._device_type = "cpu"
         self.input_mode: Optional[str] = None   # "flatten", "plain" once verified, "model" when stages don't compose
         self.num_particles = math.ceil(subspace.dim / self.d)
         self.routes = [self._route(i) for i in range(self.num_particles)]
@@ -193,6 +246,7 @@ class BlockEvaluator:
         if not 0 <= first and first + p <= self.num_particles:
             raise ValueError(f"particles {first}..{first + p - 1} outside 0..{self.num_particles - 1}")
         acts = self._stage_inputs(x)
+        self._batch, self._device_type = {}, x.device.type  # per-call caches of the linear route
         out = torch.empty(p, v * k, dtype=torch.promote_types(torch.float32, theta.dtype))
         i = 0
         while i < p:
@@ -208,6 +262,7 @@ class BlockEvaluator:
             else:
                 out[i:j] = self._vmapped(route, acts, x, y, loss_fn, first + i, deltas, theta)
             i = j
+        self._batch = {}
         return out.reshape(p, v, k)
 
     def _same_group(self, route: Route, particle: int, acts) -> bool:
@@ -237,29 +292,64 @@ class BlockEvaluator:
         lo = first * self.d
         return lo, lo + count * self.d
 
+    def _center(self, stage: int, acts):
+        """``(flat stage input [B', d_in], its transpose, center pre-activation [B', d_out])`` of an affine
+        stage, computed once per :meth:`losses` call and shared by all its chunks."""
+        found = self._batch.get(stage)
+        if found is None:
+            module = self.stages[stage][1]
+            a_in = acts[stage]
+            flat_in = a_in.reshape(-1, a_in.shape[-1])
+            pre = nn.functional.linear(flat_in, module.weight, module.bias)  # [B', d_out]
+            found = self._batch[stage] = (flat_in, flat_in.T.contiguous(), pre)
+        return found
+
+    def _responses(self, stage: int, flat_in, flat_t, lo: int, hi: int, rows: int, d_out: int, dtype):
+        """``[hi - lo, B', d_out]``: the response ``a_s M_j^T`` of every coordinate ``j`` in ``[lo, hi)``
+        (zero for coordinates of other stages and the padding past the subspace)."""
+        resp = torch.empty(hi - lo, rows, d_out, dtype=dtype, device=flat_in.device)
+        written = torch.zeros(hi - lo, dtype=torch.bool, device=flat_in.device)
+        for layer in self.subspace.layers:
+            a, b = max(lo, layer.coord_start), min(hi, layer.coord_stop)
+            if a >= b or self.owner[layer.name][0] != stage:
+                continue
+            j0, j1 = a - layer.coord_start, b - layer.coord_start
+            if self.owner[layer.name][1] == "weight":
+                resp[a - lo:b - lo] = self._weight_responses(layer, flat_in, flat_t, j0, j1)
+            else:  # bias coordinate c moves output unit c
+                units = self.subspace.identity_units(layer, j0, j1)
+                resp[a - lo:b - lo] = 0.0
+                resp[torch.arange(a - lo, b - lo), :, units] = 1.0
+            written[a - lo:b - lo] = True
+        if not bool(written.all()):
+            resp[~written] = 0.0
+        return resp
+
+    def _weight_responses(self, layer, flat_in, flat_t, j0: int, j1: int) -> torch.Tensor:
+        """``x M_j^T`` for local coordinates ``[j0, j1)`` (``HybridSubspace.linear_responses``), with the
+        sparse map's transposed input shared by all chunks instead of rebuilt per call."""
+        if layer.kind != "sparse":
+            return self.subspace.linear_responses(layer, flat_in, j0, j1)
+        crow, col, vals = self.subspace._sparse_csr(layer)
+        d_out, d_in = layer.d_out, layer.d_in
+        r0, r1 = j0 * d_out, j1 * d_out
+        a, b = int(crow[r0]), int(crow[r1])
+        with warnings.catch_warnings():  # "sparse CSR support is in beta"
+            warnings.simplefilter("ignore", UserWarning)
+            sub = torch.sparse_csr_tensor(crow[r0:r1 + 1] - a, col[a:b], vals[a:b].to(flat_in.dtype),
+                                          size=(r1 - r0, d_in))
+            out = torch.sparse.mm(sub, flat_t)  # [n * d_out, B']
+        return out.reshape(j1 - j0, d_out, flat_in.shape[0]).transpose(1, 2)
+
     def _linear(self, route: Route, acts, y, loss_fn, first: int, deltas: torch.Tensor) -> torch.Tensor:
         """The ``linear`` route: responses ``a_s M_j^T`` per coordinate, combined per candidate."""
         n_part, n_cand, d = deltas.shape
         stage = self.stages[route.stage][1]
         post = affine_parts(stage)
-        a_in = acts[route.stage]
-        flat_in = a_in.reshape(-1, a_in.shape[-1])
-        pre = nn.functional.linear(flat_in, stage.weight, stage.bias)  # [B', d_out]
+        flat_in, flat_t, pre = self._center(route.stage, acts)
         rows, d_out = pre.shape
         lo, hi = self._particle_coords(first, n_part)
-        resp = torch.zeros(hi - lo, rows, d_out, dtype=pre.dtype)
-        for li in range(len(self.subspace.layers)):
-            layer = self.subspace.layers[li]
-            a, b = max(lo, layer.coord_start), min(hi, layer.coord_stop)
-            if a >= b or self.owner[layer.name][0] != route.stage:
-                continue
-            local = self.owner[layer.name][1]
-            if local == "weight":
-                resp[a - lo:b - lo] = self.subspace.linear_responses(layer, flat_in, a - layer.coord_start,
-                                                                     b - layer.coord_start)
-            else:  # bias coordinate c moves output unit c
-                units = self.subspace.identity_units(layer, a - layer.coord_start, b - layer.coord_start)
-                resp[torch.arange(a - lo, b - lo), :, units] = 1.0
+        resp = self._responses(route.stage, flat_in, flat_t, lo, hi, rows, d_out, pre.dtype)
         # orthoplex: vertex v + V/2 is -vertex v, so half the candidates are the other half negated
         half = n_cand // 2
         antipodal = n_cand % 2 == 0 and torch.equal(deltas[:, half:], -deltas[:, :half])
@@ -276,10 +366,21 @@ class BlockEvaluator:
         """``(change [np, m, B' d_out], pre) -> output`` of the stages after ``stage`` for all stacked candidates.
 
         With ``antipodal`` the change holds the first half of each particle's
-        candidates and the second half is ``pre - change``. Compiled when the
-        tail runs at least ``COMPILE_MIN_ROWS`` rows per step (``compile="auto"``).
+        candidates and the second half is ``pre - change``. Eager by default:
+        the pre-activations are formed in place, an in-place ReLU, a stage
+        chain that offers a fused kernel (``zoopt_fused_tail``, the SNN's LIF
+        layers) runs it, and a narrow ``nn.Linear`` runs as a GEMM padded to 16
+        outputs (several times faster in MKL than 10). ``torch.compile`` only
+        with ``compile=True``, or ``"auto"`` on a GPU when the tail runs at
+        least ``COMPILE_MIN_ROWS`` rows per step.
         """
         modules = [m for _, m in self.stages[stage + 1:]]
+        compile_it = self.compile is True or (
+            self.compile == "auto" and self._device_type != "cpu"
+            and sum(1 for r in self.routes if r.kind == "linear" and r.stage == stage) * n_cand * rows
+            >= COMPILE_MIN_ROWS)
+        if not compile_it:
+            return self._eager_tail(post, d_out, modules, antipodal), n_part
 
         def tail(change, pre):
             if antipodal:
@@ -296,9 +397,6 @@ class BlockEvaluator:
         if entry is False:
             return tail, n_part
         if entry is None:  # the first chunk of a group is its largest: compile for that size
-            per_step = sum(1 for r in self.routes if r.kind == "linear" and r.stage == stage) * n_cand * rows
-            if not (self.compile is True or (self.compile == "auto" and per_step >= COMPILE_MIN_ROWS)):
-                return tail, n_part
             entry = self._compiled[key] = (torch.compile(tail, dynamic=False), n_part)
         compiled, size = entry
         if n_part > size or 2 * n_part < size:
@@ -312,8 +410,36 @@ class BlockEvaluator:
                 return tail(change, pre)
         return guarded, size
 
+    def _eager_tail(self, post, d_out: int, modules, antipodal: bool):
+        fused = None
+        if modules and callable(getattr(modules[0], "zoopt_fused_tail", None)):
+            fused = modules[0].zoopt_fused_tail(modules[1:])
+        steps = [fused] if fused is not None else [_narrow_linear(m) for m in modules]
+
+        def tail(change, pre):
+            if antipodal:  # the same roundings as pre + change and pre - change
+                stacked = torch.empty(change.shape[0], 2, *change.shape[1:], dtype=change.dtype, device=change.device)
+                torch.add(pre, change, out=stacked[:, 0])
+                torch.sub(pre, change, out=stacked[:, 1])
+            else:
+                stacked = change.add_(pre)  # float addition commutes: the bits of pre + change
+            if type(post) is nn.ReLU:
+                h = stacked.relu_()
+            elif post is _identity:
+                h = stacked
+            else:
+                h = post(stacked)
+            h = h.reshape(-1, d_out)
+            for step in steps:
+                h = step(h)
+            return h
+        return tail
+
     @staticmethod
     def _per_candidate_loss(loss_fn, outputs: torch.Tensor, y) -> torch.Tensor:
+        fast = _cross_entropy_means(loss_fn, outputs, y)
+        if fast is not None:
+            return fast
         try:
             return torch.vmap(lambda o: loss_fn(o, y).reshape(()))(outputs)
         except Exception:  # a loss that vmap cannot trace: loop

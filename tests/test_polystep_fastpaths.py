@@ -1,0 +1,105 @@
+"""The fast paths of PolyStep's staged evaluator equal their references: the compiled LIF tail of the zoo
+SNN, the per-candidate cross-entropy, the padded narrow linear layer, and the evaluator with and
+without the compiled kernel."""
+import pytest
+import torch
+from torch import nn
+
+import zoopt
+from zoopt.kernels import lif_c
+from zoopt.polystep.evaluate import _cross_entropy_means, _narrow_linear
+from zoopt.problems.zoo import make_model
+from zoopt.problems.zoo.layers import LIFHidden, LIFReadout
+
+needs_lib = pytest.mark.skipif(not lif_c.available(), reason="no C compiler for the LIF kernel")
+
+
+def _readout(hidden, classes, dtype, seed):
+    g = torch.Generator().manual_seed(seed)
+    layer = LIFReadout(hidden, classes).to(dtype)
+    with torch.no_grad():  # multiples of 1/64: every order of summing them is exact, so counts must match bit for bit
+        layer.weight.copy_(torch.randint(-12, 13, (classes, hidden), generator=g).to(dtype) / 64)
+        layer.bias.copy_(torch.randint(-8, 9, (classes,), generator=g).to(dtype) / 64)
+    return layer
+
+
+@needs_lib
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("rows,hidden,classes,steps", [(37, 20, 3, 5), (512, 128, 10, 15), (16, 1, 1, 1)])
+def test_fused_lif_tail_equals_the_torch_forward(dtype, rows, hidden, classes, steps):
+    g = torch.Generator().manual_seed(rows + hidden)
+    current = (torch.randn(rows, hidden, generator=g) * 0.6 + 0.2).to(dtype)
+    current[0, 0] = 1.0   # fires at the first step exactly at threshold
+    current[-1, -1] = -2.0
+    lif = LIFHidden(steps=steps)
+    readout = _readout(hidden, classes, dtype, seed=rows)
+    reference = readout(lif(current))
+    fused = lif.zoopt_fused_tail([readout])
+    got = fused(current)
+    assert got.dtype == dtype and got.shape == (rows, classes)
+    assert torch.equal(got, reference)
+    if hidden > 1:
+        assert reference.sum() > 0 and (reference < steps).any()  # spikes happened, not everywhere
+    # the random-weight case the evaluator meets: equal to rounding of the readout sums
+    readout2 = LIFReadout(hidden, classes).to(dtype)
+    assert (lif.zoopt_fused_tail([readout2])(current) - readout2(lif(current))).abs().max() <= 1
+
+
+def test_fused_tail_only_for_the_hard_lif_pair():
+    lif, readout = LIFHidden(steps=3), LIFReadout(4, 2)
+    assert lif.zoopt_fused_tail([readout, nn.Identity()]) is None
+    assert lif.zoopt_fused_tail([nn.Linear(4, 2)]) is None
+    assert LIFHidden(steps=3, smooth=True).zoopt_fused_tail([readout]) is None
+    assert lif.zoopt_fused_tail([LIFReadout(4, 2, smooth=True)]) is None
+    if lif_c.available():  # a dtype the kernel does not take runs the torch forward
+        current = torch.randn(5, 4).to(torch.bfloat16)
+        out = lif.zoopt_fused_tail([readout.to(torch.bfloat16)])(current)
+        assert torch.equal(out, readout(lif(current)))
+
+
+def test_cross_entropy_means_equal_the_vmapped_loss():
+    g = torch.Generator().manual_seed(0)
+    out = torch.randn(6, 40, 7, generator=g, dtype=torch.float64)
+    y = torch.randint(0, 7, (40,), generator=g)
+    loss = nn.CrossEntropyLoss()
+    reference = torch.vmap(lambda o: loss(o, y))(out)
+    assert torch.allclose(_cross_entropy_means(loss, out, y), reference, rtol=0, atol=1e-12)
+    assert torch.allclose(_cross_entropy_means(nn.functional.cross_entropy, out, y), reference, rtol=0, atol=1e-12)
+    assert _cross_entropy_means(nn.CrossEntropyLoss(weight=torch.ones(7, dtype=torch.float64)), out, y) is None
+    assert _cross_entropy_means(nn.CrossEntropyLoss(label_smoothing=0.1), out, y) is None
+    assert _cross_entropy_means(nn.CrossEntropyLoss(reduction="sum"), out, y) is None
+    assert _cross_entropy_means(nn.MSELoss(), out, y) is None
+    y_ignored = y.clone()
+    y_ignored[3] = -100
+    assert _cross_entropy_means(loss, out, y_ignored) is None
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_narrow_linear_equals_the_layer(dtype):
+    layer = nn.Linear(12, 5).to(dtype)
+    h = torch.randn(33, 12, dtype=dtype)
+    tol = 1e-5 if dtype == torch.float32 else 1e-12
+    assert torch.allclose(_narrow_linear(layer)(h), layer(h), rtol=0, atol=tol)
+    wide = nn.Linear(12, 20)
+    assert _narrow_linear(wide) is wide
+    no_bias = nn.Linear(12, 3, bias=False).to(dtype)
+    assert torch.allclose(_narrow_linear(no_bias)(h), no_bias(h), rtol=0, atol=tol)
+
+
+@pytest.mark.parametrize("name", ["snn", "mlp"])
+def test_evaluator_with_and_without_the_compiled_kernel(name, monkeypatch):
+    kw = dict(steps=4) if name == "snn" else {}
+    model = make_model(name, in_features=12, num_classes=3, hidden=6, seed=5, **kw).double()
+    x, y = torch.randn(10, 12, dtype=torch.float64) * 2, torch.randint(0, 3, (10,))
+    loss = nn.CrossEntropyLoss()
+
+    def costs():
+        opt = zoopt.PolyStep(model, rank=2, seed=1, epsilon=0.5, step_radius=2.0, probe_radius=3.0, compile=False)
+        prop = opt.stepper.propose()
+        return opt.block_evaluator.losses(x, y, loss, prop.offsets, opt.theta())
+
+    fast = costs()
+    monkeypatch.setattr(lif_c, "available", lambda: False)
+    plain = costs()
+    assert torch.allclose(fast, plain, rtol=0, atol=1e-12)
+    assert fast.std() > 0
