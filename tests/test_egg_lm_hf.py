@@ -75,3 +75,37 @@ def test_linear_only_eggroll_lowers_an_answer_loss():
     end = center_loss()
     assert end < start - 0.1, (start, end)
     assert torch.equal(model.lm_head.weight, head)  # excluded tensors stay as they were
+
+
+def _script():
+    import importlib.util
+    import os
+
+    path = os.path.join(os.path.dirname(__file__), "..", "scripts", "egg_mezo_lm.py")
+    spec = importlib.util.spec_from_file_location("egg_mezo_lm", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_script_scores_answers_from_the_kept_logits_only():
+    """egg_mezo_lm.py runs the LM head on the answer window only (logits_to_keep): the per-row answer loss
+    and exact match equal those of the full logits, for answers of different lengths, in a population too."""
+    script = _script()
+    model = tiny_llama(tie=True, seed=2)
+    g = torch.Generator().manual_seed(1)
+    ids = torch.randint(0, 48, (4, 7), generator=g)
+    targets = torch.full_like(ids, -100)
+    targets[0, 4:6], targets[1, 5:7], targets[2, 3:5], targets[3, 6] = ids[0, 4:6], ids[1, 5:7], ids[2, 3:5], ids[3, 6]
+    assert script.answer_window(targets) == 7 - 3 + 1
+    with torch.no_grad():
+        full = script.answer_scores(model(input_ids=ids).logits, targets)
+        kept = script.score(model, ids, targets)
+        torch.testing.assert_close(kept[0], full[0], atol=1e-6, rtol=1e-6)
+        assert torch.equal(kept[1], full[1])
+        opt = EGGROLL(model, popsize=N, rank=1, sigma=0.1, seed=0, exclude=LINEAR_ONLY)
+        with opt.population():
+            pop = script.score(model, ids, targets, repeat=N)
+        ref = torch.cat([script.answer_scores(functional_call(model, opt.member_parameters(i), (ids,)).logits,
+                                              targets)[0] for i in range(N)])
+    torch.testing.assert_close(pop[0], ref, atol=1e-5, rtol=1e-5)
