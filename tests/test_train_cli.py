@@ -359,31 +359,6 @@ def test_no_script_imports_the_cli_commands():
             assert "zoopt.commands" not in open(os.path.join(root, name)).read(), name
 
 
-def test_bench_sizes_and_a_tiny_run(tmp_path):
-    bench = _script("bench_nondiff")
-    cpu, full = bench.parse_args([]), bench.parse_args(["--full"])
-    assert (cpu.epochs, cpu.batch_size, cpu.limit_train, cpu.rank) == (2, 256, 4096, 1)
-    assert (full.epochs, full.batch_size, full.limit_train, full.rank) == (30, 512, None, None)
-    # the CPU size's staircase override applies unless --full or the user set rank/epochs
-    assert (bench.model_args("staircase", cpu).rank, bench.model_args("staircase", cpu).epochs) == (4, 3)
-    assert bench.model_args("snn", cpu).rank == 1 and bench.model_args("staircase", full).rank is None
-    mine = bench.model_args("staircase", bench.parse_args(["--rank", "2"]))
-    assert (mine.rank, mine.epochs) == (2, 3)
-    with pytest.raises(SystemExit):
-        bench.parse_args(["--models", "resnet"])
-    out = str(tmp_path / "bench")
-    threads = torch.get_num_threads()
-    try:
-        assert bench.main(["--models", "mlp", "--methods", "openai_es,adam", "--limit-train", "512", "--limit-eval",
-                           "200", "--epochs", "1", "--es-time", "0.5", "--out", out, "--threads", "1"]) == 0
-    finally:
-        torch.set_num_threads(threads)
-    res = json.load(open(os.path.join(out, "results.json")))["results"]["mlp"]
-    assert res["adam"]["steps"] == 2 and res["adam"]["evaluations"] == 2
-    assert res["openai_es"]["wall_time_budget_s"] == 0.5 and res["openai_es"]["train_time_s"] >= 0.5
-    assert os.path.getsize(os.path.join(out, "results.png")) > 0
-
-
 def test_ours_and_the_official_package_get_the_same_schedules():
     pytest.importorskip("polystep")
     from zoopt.polystep.schedules import Cosine
@@ -397,28 +372,6 @@ def test_ours_and_the_official_package_get_the_same_schedules():
                 assert ours[key] == theirs[key]
             else:
                 assert [ours[key].at(t) for t in range(40)] == pytest.approx([theirs[key].at(t) for t in range(40)])
-
-
-def test_summarize_nondiff_merges_seeds_and_keeps_sizes_apart(tmp_path, capsys):
-    summ = _script("summarize_nondiff")
-
-    def write(name, seed, rank, accs):
-        res = {"staircase": {"size": {"rank": rank, "epochs": 3},
-                             "polystep": {"best_test_acc": accs[0], "time_per_step_s": 1.0},
-                             "polystep_official": {"best_test_acc": accs[1], "time_per_step_s": 4.0}}}
-        (tmp_path / name).mkdir()
-        (tmp_path / name / "results.json").write_text(json.dumps(
-            {"config": {"seed": seed, "rank": 1, "epochs": 2}, "results": res}))
-        return str(tmp_path / name)
-
-    dirs = [write("a", 0, 4, (0.30, 0.20)), write("b", 1, 4, (0.20, 0.20)), write("c", 0, 1, (0.1, 0.1))]
-    table = summ.collect(dirs)
-    assert set(table) == {("staircase", 4, 3), ("staircase", 1, 3)}
-    assert table[("staircase", 4, 3)][0] == pytest.approx((30.0, 20.0, 0.25))
-    assert summ.main(dirs) == 0
-    assert "+5.00" in capsys.readouterr().out      # mean diff over seeds 0 and 1 at rank 4
-    with pytest.raises(ValueError, match="twice"):
-        summ.collect(dirs + [write("d", 1, 4, (0.2, 0.2))])
 
 
 def test_polystep_config_choice_auto_picks_paper_only_for_full_mnist():
