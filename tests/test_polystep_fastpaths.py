@@ -6,12 +6,12 @@ import torch
 from torch import nn
 
 import zoopt
-from zoopt.kernels import lif_c
+from zoopt.kernels import fused_tails
 from zoopt.polystep.evaluate import _cross_entropy_means, _narrow_linear
 from zoopt.problems.zoo import make_model
 from zoopt.problems.zoo.layers import LIFHidden, LIFReadout
 
-needs_lib = pytest.mark.skipif(not lif_c.available(), reason="no C compiler for the LIF kernel")
+needs_lib = pytest.mark.skipif(not fused_tails.available(), reason="no C compiler for the LIF kernel")
 
 
 def _readout(hidden, classes, dtype, seed):
@@ -51,7 +51,7 @@ def test_fused_tail_only_for_the_hard_lif_pair():
     assert lif.zoopt_fused_tail([nn.Linear(4, 2)]) is None
     assert LIFHidden(steps=3, smooth=True).zoopt_fused_tail([readout]) is None
     assert lif.zoopt_fused_tail([LIFReadout(4, 2, smooth=True)]) is None
-    if lif_c.available():  # a dtype the kernel does not take runs the torch forward
+    if fused_tails.available():  # a dtype the kernel does not take runs the torch forward
         current = torch.randn(5, 4).to(torch.bfloat16)
         out = lif.zoopt_fused_tail([readout.to(torch.bfloat16)])(current)
         assert torch.equal(out, readout(lif(current)))
@@ -99,7 +99,46 @@ def test_evaluator_with_and_without_the_compiled_kernel(name, monkeypatch):
         return opt.block_evaluator.losses(x, y, loss, prop.offsets, opt.theta())
 
     fast = costs()
-    monkeypatch.setattr(lif_c, "available", lambda: False)
+    monkeypatch.setattr(fused_tails, "available", lambda: False)
     plain = costs()
     assert torch.allclose(fast, plain, rtol=0, atol=1e-12)
     assert fast.std() > 0
+
+
+def _relu_linear_reference(pre, xa, crow, col, vals, coeffs, weight, bias, antipodal, relu):
+    parts, m, d = coeffs.shape
+    hidden, batch = pre.shape
+    dense = torch.zeros(parts * d * hidden, xa.shape[0], dtype=pre.dtype)
+    for r in range(parts * d * hidden):
+        for k in range(int(crow[r]), int(crow[r + 1])):
+            dense[r, col[k]] += vals[k]
+    resp = (dense @ xa).reshape(parts, d, hidden, batch)
+    change = torch.einsum("pmd,pdhb->pmhb", coeffs, resp)
+    act = torch.relu if relu else (lambda t: t)
+    hs = [act(pre + change)] + ([act(pre - change)] if antipodal else [])
+    return torch.einsum("ch,pnhb->pncb", weight, torch.cat(hs, dim=1)) + bias[:, None]
+
+
+@needs_lib
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("d,batch,antipodal,relu", [(8, 48, True, True), (3, 21, False, True), (8, 5, True, False)])
+def test_relu_linear_csr_equals_dense_responses(dtype, d, batch, antipodal, relu):
+    g = torch.Generator().manual_seed(d * batch)
+    parts, m, hidden, classes, k_in = 2, 4, 7, 12, 9
+    rows = parts * d * hidden
+    nnz = torch.randint(0, 4, (rows,), generator=g)
+    nnz[3] = 0  # an empty row (padding coordinates)
+    crow = torch.cat([torch.zeros(1, dtype=torch.int64), nnz.cumsum(0)])
+    col = torch.randint(0, k_in, (int(crow[-1]),), generator=g)
+    vals = torch.randn(int(crow[-1]), generator=g).to(dtype)
+    pre = torch.randn(hidden, batch, generator=g).to(dtype)
+    xa = torch.randn(k_in, batch, generator=g).to(dtype)
+    coeffs = torch.randn(parts, m, d, generator=g).to(dtype)
+    weight, bias = torch.randn(classes, hidden, generator=g).to(dtype), torch.randn(classes, generator=g).to(dtype)
+    got = fused_tails.relu_linear_csr(pre, xa, crow, col, vals, coeffs, weight, bias, antipodal, relu)
+    ref = _relu_linear_reference(pre, xa, crow, col, vals, coeffs, weight, bias, antipodal, relu)
+    assert got.shape == (parts, 2 * m if antipodal else m, classes, batch)
+    tol = 1e-4 if dtype == torch.float32 else 1e-12
+    assert torch.allclose(got, ref, rtol=0, atol=tol)
+    with pytest.raises(ValueError):
+        fused_tails.relu_linear_csr(pre, xa, crow, col.clamp_min(k_in), vals, coeffs, weight, bias, antipodal, relu)

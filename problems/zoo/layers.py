@@ -103,7 +103,7 @@ class LIFHidden(nn.Module):
 
     def zoopt_fused_tail(self, rest):
         """``current [R, H] -> rest(self(current))`` as one compiled kernel when ``rest`` is a single hard
-        :class:`LIFReadout` (the SNN after its input stage; :mod:`zoopt.kernels.lif_c`), else None.
+        :class:`LIFReadout` (the SNN after its input stage; :mod:`zoopt.kernels.fused_tails`), else None.
 
         The staged evaluator of :mod:`zoopt.polystep.evaluate` calls it to skip the ``[R, steps, H]``
         spike train in memory; tensors the kernel does not take (GPU, other dtypes) run this forward.
@@ -111,17 +111,17 @@ class LIFHidden(nn.Module):
         if self.smooth or len(rest) != 1 or type(rest[0]) is not LIFReadout or rest[0].smooth:
             return None
         try:
-            from zoopt.kernels import lif_c
+            from zoopt.kernels import fused_tails
         except ImportError:
             return None
-        if not lif_c.available():
+        if not fused_tails.available():
             return None
         readout = rest[0]
 
         def run(current):
-            if not lif_c.supports(current, readout.weight):
+            if not fused_tails.supports(current, readout.weight):
                 return readout(self(current))
-            return lif_c.lif_counts(current, readout.weight, readout.bias, self.steps, self.beta, self.threshold,
+            return fused_tails.lif_counts(current, readout.weight, readout.bias, self.steps, self.beta, self.threshold,
                                     readout.beta, readout.threshold)
         return run
 

@@ -22,9 +22,16 @@ Routes, per particle block, for a block whose first touched stage is ``s``:
   map's column reshaped, sparse or dense), a candidate's pre-activation is the
   center's plus its offset times those responses (a small batched GEMM),
   and stages ``s+1..`` run once on all candidates stacked into the batch with
-  the shared weights (``torch.compile``-d when the stack is large and
-  ``compile="auto"``; the SNN's 15-step LIF loop becomes one fused kernel).
-  No per-candidate weight is ever built.
+  the shared weights. On CPU (``compile="auto"`` or False) the tail is eager
+  with compiled kernels where the stages allow (:mod:`zoopt.kernels.fused_tails`,
+  built in about a second, so no compile warm-up lands on a short run): a
+  single plain ``nn.Linear`` after a ReLU/identity affine stage (the MLP) runs
+  responses, combination, ReLU and readout per tile of rows in cache, feature-major;
+  a stage offering ``zoopt_fused_tail`` (the SNN's LIF pair) runs its kernel;
+  other stages run as modules (a narrow ``nn.Linear`` as a 16-wide GEMM).
+  ``torch.compile`` is used with ``compile=True``, or on a GPU with "auto"
+  when the stack is large. A plain mean cross-entropy is computed per
+  candidate as ``logsumexp - picked logit``. No per-candidate weight is ever built.
 * ``generic``: stages ``0..s-1`` run once; stages ``s..`` run under
   ``torch.vmap`` with per-candidate copies of only the touched tensors.
 * models without stages: the whole model under ``torch.vmap`` with
@@ -79,8 +86,13 @@ def _narrow_linear(module: nn.Module):
     return run
 
 
-def _cross_entropy_means(loss_fn, outputs: torch.Tensor, y) -> Optional[torch.Tensor]:
-    """Per-candidate mean cross-entropy of ``outputs [N, B, C]`` against class indices ``y [B]`` as
+def _empty_csr(rows: int, dtype):
+    return torch.zeros(rows + 1, dtype=torch.int64), torch.zeros(0, dtype=torch.int64), torch.zeros(0, dtype=dtype)
+
+
+def _cross_entropy_means(loss_fn, outputs: torch.Tensor, y, class_dim: int = 2) -> Optional[torch.Tensor]:
+    """Per-candidate mean cross-entropy of ``outputs [N, B, C]`` (``[N, C, B]`` with ``class_dim=1``)
+    against class indices ``y [B]`` as
     ``logsumexp - picked logit``, or None unless ``loss_fn`` is a plain mean cross-entropy (no class
     weights, no label smoothing, every label a valid class). Equal to ``vmap(loss_fn)`` to rounding
     and several times faster: torch's log-softmax over a last dimension of 10 is slow on CPU."""
@@ -92,15 +104,20 @@ def _cross_entropy_means(loss_fn, outputs: torch.Tensor, y) -> Optional[torch.Te
         ignore = -100
     else:
         return None
+    batch_dim = 3 - class_dim
     if not (torch.is_tensor(y) and y.dim() == 1 and y.dtype == torch.int64 and outputs.dim() == 3
-            and outputs.is_floating_point() and y.shape[0] == outputs.shape[1] and y.numel() > 0
+            and outputs.is_floating_point() and y.shape[0] == outputs.shape[batch_dim] and y.numel() > 0
             and y.device == outputs.device):
         return None
-    if bool((y < 0).any()) or bool((y >= outputs.shape[2]).any()) or bool((y == ignore).any()):
+    if bool((y < 0).any()) or bool((y >= outputs.shape[class_dim]).any()) or bool((y == ignore).any()):
         return None  # the reference reports (or ignores) these
-    n, b, _ = outputs.shape
-    picked = outputs.gather(2, y.expand(n, b).unsqueeze(2)).squeeze(2)
-    return (torch.logsumexp(outputs, dim=2) - picked).mean(dim=1)
+    n, b = outputs.shape[0], y.numel()
+    picked = outputs.gather(class_dim, y.expand(n, b).unsqueeze(class_dim)).squeeze(class_dim)
+    top = outputs.amax(dim=class_dim, keepdim=True)
+    if not bool(torch.isfinite(top).all()):  # logsumexp's rules for infinite logits
+        return (torch.logsumexp(outputs, dim=class_dim) - picked).mean(dim=1)
+    lse = (outputs - top).exp_().sum(dim=class_dim).log_().add_(top.squeeze(class_dim))
+    return lse.sub_(picked).mean(dim=1)
 
 
 def _dense_forward():
@@ -325,6 +342,88 @@ class BlockEvaluator:
             resp[~written] = 0.0
         return resp
 
+    def _fused_linear_tail(self, route: Route, post, acts):
+        """The readout ``nn.Linear`` when the stages after an affine stage are exactly one plain linear layer,
+        the activation is ReLU or none and the compiled kernel (:func:`zoopt.kernels.fused_tails.relu_linear_csr`)
+        takes the tensors; else None."""
+        if self.compile is True or not (type(post) is nn.ReLU or post is _identity):
+            return None
+        rest = self.stages[route.stage + 1:]
+        if len(rest) != 1 or type(rest[0][1]) is not nn.Linear:
+            return None
+        readout = rest[0][1]
+        a_in = acts[route.stage]
+        if a_in.dim() != 2 or a_in.dtype != readout.weight.dtype:
+            return None
+        try:
+            from zoopt.kernels import fused_tails
+        except ImportError:
+            return None
+        return readout if fused_tails.supports(a_in, readout.weight) else None
+
+    def _chunk_csr(self, stage: int, lo: int, hi: int, d_out: int, d_in: int, dtype):
+        """The responses of coordinates ``[lo, hi)`` as one CSR map over ``[x | 1]``: row ``(j - lo) d_out + o``
+        holds ``M_j[o, :]`` (a bias coordinate reads the ones column ``d_in``; padding rows are empty)."""
+        pieces, at = [], lo
+        for layer in self.subspace.layers:
+            a, b = max(lo, layer.coord_start), min(hi, layer.coord_stop)
+            if a >= b or self.owner[layer.name][0] != stage:
+                continue
+            if a > at:
+                pieces.append(_empty_csr((a - at) * d_out, dtype))
+            j0, j1 = a - layer.coord_start, b - layer.coord_start
+            n = j1 - j0
+            if self.owner[layer.name][1] != "weight" or layer.kind == "identity":
+                idx = torch.arange(j0, j1)
+                if self.owner[layer.name][1] == "weight":  # M_j: the one-hot at flat index j
+                    rows, cols = torch.arange(n) * d_out + idx // d_in, idx % d_in
+                else:  # bias coordinate c moves output unit c: the ones column
+                    rows, cols = torch.arange(n) * d_out + self.subspace.identity_units(layer, j0, j1), \
+                        torch.full((n,), d_in)
+                counts = torch.zeros(n * d_out, dtype=torch.int64)
+                counts[rows] = 1
+                pieces.append((torch.cat([counts.new_zeros(1), counts.cumsum(0)]), cols, torch.ones(n, dtype=dtype)))
+            elif layer.kind == "sparse":
+                crow, col, vals = self.subspace._sparse_csr(layer)
+                r0, r1 = j0 * d_out, j1 * d_out
+                e0, e1 = int(crow[r0]), int(crow[r1])
+                pieces.append((crow[r0:r1 + 1] - e0, col[e0:e1], vals[e0:e1].to(dtype)))
+            else:  # dense: every entry of M_j
+                pieces.append((torch.arange(n * d_out + 1) * d_in, torch.arange(d_in).repeat(n * d_out),
+                               layer.basis[j0:j1].reshape(-1).to(dtype)))
+            at = b
+        if hi > at:
+            pieces.append(_empty_csr((hi - at) * d_out, dtype))
+        crows, offset = [pieces[0][0][:1]], 0
+        for crow, col, _ in pieces:
+            crows.append(crow[1:] + offset)
+            offset += col.numel()
+        return torch.cat(crows), torch.cat([p[1] for p in pieces]), torch.cat([p[2] for p in pieces])
+
+    def _linear_fused(self, route: Route, acts, y, loss_fn, first: int, deltas, readout, post) -> torch.Tensor:
+        """The ``linear`` route through the compiled ReLU-linear kernel, feature-major throughout; the
+        responses come from the subspace map in cache (:func:`zoopt.kernels.fused_tails.relu_linear_csr`)."""
+        from zoopt.kernels import fused_tails
+        n_part, n_cand, d = deltas.shape
+        flat_in, flat_t, pre = self._center(route.stage, acts)
+        rows, d_out = pre.shape
+        key = ("fm", route.stage)
+        if key not in self._batch:
+            self._batch[key] = (pre.T.contiguous(), torch.cat([flat_t, flat_t.new_ones(1, rows)]))
+        pre_t, x_aug = self._batch[key]
+        lo, hi = self._particle_coords(first, n_part)
+        crow, col, vals = self._chunk_csr(route.stage, lo, hi, d_out, flat_in.shape[1], pre.dtype)
+        half = n_cand // 2
+        antipodal = n_cand % 2 == 0 and torch.equal(deltas[:, half:], -deltas[:, :half])
+        used = (deltas[:, :half] if antipodal else deltas).to(pre.dtype)
+        logits = fused_tails.relu_linear_csr(pre_t, x_aug, crow, col, vals, used, readout.weight, readout.bias,
+                                             antipodal, relu=type(post) is nn.ReLU)
+        logits = logits.reshape(n_part * n_cand, -1, rows)  # [N, C, B]
+        fast = _cross_entropy_means(loss_fn, logits, y, class_dim=1)
+        if fast is None:
+            fast = self._per_candidate_loss(loss_fn, logits.transpose(1, 2), y)
+        return fast.reshape(n_part, n_cand)
+
     def _weight_responses(self, layer, flat_in, flat_t, j0: int, j1: int) -> torch.Tensor:
         """``x M_j^T`` for local coordinates ``[j0, j1)`` (``HybridSubspace.linear_responses``), with the
         sparse map's transposed input shared by all chunks instead of rebuilt per call."""
@@ -346,6 +445,9 @@ class BlockEvaluator:
         n_part, n_cand, d = deltas.shape
         stage = self.stages[route.stage][1]
         post = affine_parts(stage)
+        readout = self._fused_linear_tail(route, post, acts)
+        if readout is not None:
+            return self._linear_fused(route, acts, y, loss_fn, first, deltas, readout, post)
         flat_in, flat_t, pre = self._center(route.stage, acts)
         rows, d_out = pre.shape
         lo, hi = self._particle_coords(first, n_part)

@@ -1,0 +1,181 @@
+/* Fused hard-LIF tail of the zoo SNN (problems/zoo/layers.py: LIFHidden then LIFReadout), per row:
+   a static input current cur[H] drives H hidden LIF neurons for `steps` steps; their spikes go
+   through the readout's linear map (weight [C, H], bias [C]) into C output LIF neurons whose spike
+   counts are the output. Each LIF step rounds exactly as the torch forward does:
+   m = mem * beta; m = m + current; spike = m >= thr; mem = spike ? m * 0 : m.
+   The readout current of a row is (sum over h in increasing order of spike_h * w[c, h]) + bias[c].
+   Rows are processed TILE at a time with the rows in the lanes of one vector (GCC/Clang vector
+   extensions), so every operation is a vector operation and the working set stays in L1. Built
+   without -ffast-math and with -ffp-contract=off: no fused multiply-add may change a rounding. */
+#include <stdint.h>
+#include <string.h>
+
+#ifdef ZOOPT_CLONES
+#define VECTORIZED __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#else
+#define VECTORIZED
+#endif
+#define TILE 16
+
+#define BCAST(x) {x, x, x, x, x, x, x, x, x, x, x, x, x, x, x, x} /* TILE copies: one broadcast */
+
+typedef float vf32 __attribute__((vector_size(TILE * sizeof(float))));
+typedef int32_t vi32 __attribute__((vector_size(TILE * sizeof(int32_t))));
+typedef double vf64 __attribute__((vector_size(TILE * sizeof(double))));
+typedef int64_t vi64 __attribute__((vector_size(TILE * sizeof(int64_t))));
+
+/* one LIF step on a vector of membranes: returns the spike mask (all ones where it fired) */
+#define LIF_STEP(VT, VI, mem, current, beta, thr, spike_mask) do {                                  \
+        VT m_ = (mem) * (beta);                                                                      \
+        m_ = m_ + (current);                                                                         \
+        VI s_ = (VI)(m_ >= (thr));                                                                   \
+        VT z_ = m_ * (VT){0};                                                                        \
+        (mem) = (VT)(((VI)z_ & s_) | ((VI)m_ & ~s_));                                                \
+        (spike_mask) = s_;                                                                           \
+    } while (0)
+
+/* readout accumulators kept in registers at once: CB independent add chains hide the add latency */
+#define CB 5
+
+/* wt: the readout weight transposed and padded, [H][Cp] with Cp = C rounded up to CB (zeros past C);
+   work: (2 H + 2 Cp) vectors of scratch, aligned to the vector size */
+#define LIF_COUNTS(T, VT, VI, NAME)                                                                  \
+VECTORIZED void NAME(const T *restrict cur, int64_t rows, int64_t H, const T *restrict wt,          \
+                     const T *restrict bias, int64_t C, int64_t steps, T beta1, T thr1, T beta2,     \
+                     T thr2, T *restrict out, VT *restrict work) {                                  \
+    int64_t Cp = (C + CB - 1) / CB * CB;                                                             \
+    VT *curT = work, *mem = curT + H, *mem2 = mem + H, *tot = mem2 + Cp;                             \
+    const VT one = BCAST((T)1), vb1 = BCAST(beta1), vt1 = BCAST(thr1), vb2 = BCAST(beta2);           \
+    const VT vt2 = BCAST(thr2);                                                                      \
+    VI spk[H > 0 ? H : 1];                                                                           \
+    for (int64_t r0 = 0; r0 < rows; r0 += TILE) {                                                    \
+        int64_t n = rows - r0 < TILE ? rows - r0 : TILE;                                             \
+        for (int64_t h = 0; h < H; ++h) {                                                            \
+            VT v = (VT){0};                                                                          \
+            for (int64_t l = 0; l < n; ++l) v[l] = cur[(r0 + l) * H + h];                            \
+            curT[h] = v;                                                                             \
+            mem[h] = (VT){0};                                                                        \
+        }                                                                                            \
+        for (int64_t c = 0; c < Cp; ++c) { mem2[c] = (VT){0}; tot[c] = (VT){0}; }                    \
+        for (int64_t t = 0; t < steps; ++t) {                                                        \
+            for (int64_t h = 0; h < H; ++h) LIF_STEP(VT, VI, mem[h], curT[h], vb1, vt1, spk[h]);     \
+            for (int64_t c0 = 0; c0 < C; c0 += CB) {                                                 \
+                VT acc[CB];                                                                          \
+                for (int j = 0; j < CB; ++j) acc[j] = (VT){0};                                       \
+                for (int64_t h = 0; h < H; ++h) {                                                    \
+                    VI s = spk[h];                                                                   \
+                    const T *wh = wt + h * Cp + c0;                                                  \
+                    for (int j = 0; j < CB; ++j) {                                                   \
+                        const T wj = wh[j];                                                          \
+                        const VT wv = BCAST(wj);                                                     \
+                        acc[j] = acc[j] + (VT)((VI)wv & s);                                          \
+                    }                                                                                \
+                }                                                                                    \
+                for (int j = 0; j < CB && c0 + j < C; ++j) {                                         \
+                    const T bj = bias[c0 + j];                                                       \
+                    const VT bv = BCAST(bj);                                                         \
+                    VI s2;                                                                           \
+                    LIF_STEP(VT, VI, mem2[c0 + j], acc[j] + bv, vb2, vt2, s2);                       \
+                    tot[c0 + j] = tot[c0 + j] + (VT)((VI)one & s2);                                  \
+                }                                                                                    \
+            }                                                                                        \
+        }                                                                                            \
+        for (int64_t l = 0; l < n; ++l)                                                              \
+            for (int64_t c = 0; c < C; ++c) out[(r0 + l) * C + c] = tot[c][l];                       \
+    }                                                                                                \
+}
+
+LIF_COUNTS(float, vf32, vi32, lif_counts_f32)
+LIF_COUNTS(double, vf64, vi64, lif_counts_f64)
+
+/* The MLP tail after a perturbed first layer, feature-major (rows in the last axis, B rows): for
+   particle p and combination i, change = sum_j U[p, i, j] resp[p, j] ([H][B]), and the candidates
+   relu(pre + change) (and, with `antipodal`, relu(pre - change) as candidate m + i) go through the
+   linear readout: out[p, cand, c, b] = sum_h wt[h, c] relu(...)[h, b] + bias[c]. The hidden
+   activations never leave registers. The change is summed j = 0..d-1 and the readout h = 0..H-1 in
+   order, with fused multiply-adds where the CPU has them (no hard threshold follows, so rounding may
+   differ from torch's GEMM order, as any two GEMMs' do). CK readout units at once. */
+#define CK 10
+
+
+/* The responses are computed tile by tile instead of read from memory: the response of
+   coordinate j of particle p to input row b is resp[p, j, h, b] = sum over k in CSR row
+   (p d + j) H + h of vals[k] * xa[col[k], b], where xa [K, B] is the stage input transposed (a last
+   row of ones serves bias coordinates). Rows are taken TILE at a time across all particles, so the
+   input tile stays in L2 and the [P, d, H, B] responses never exist in memory. work: d H vectors. */
+#define RELU_LINEAR_CSR(T, VT, VI, NAME)                                                             \
+VECTORIZED __attribute__((optimize("fp-contract=fast"))) void NAME(                                  \
+        const T *restrict pre, const T *restrict xa, const int64_t *restrict crow,                   \
+        const int64_t *restrict col, const T *restrict vals, const T *restrict U, int64_t P,         \
+        int64_t m, int64_t d, int64_t H, int64_t B, int antipodal, int relu, const T *restrict wt,   \
+        const T *restrict bias, int64_t C, T *restrict out, VT *restrict R) {                        \
+    int64_t Cp = (C + CK - 1) / CK * CK, per = antipodal ? 2 * m : m;                                 \
+    const VT zero = BCAST((T)0);                                                                     \
+    for (int64_t b0 = 0; b0 < B; b0 += TILE) {                                                       \
+        int64_t n = B - b0 < TILE ? B - b0 : TILE;                                                   \
+        for (int64_t p = 0; p < P; ++p) {                                                            \
+            for (int64_t jh = 0; jh < d * H; ++jh) {                                                 \
+                int64_t row = p * d * H + jh;                                                        \
+                VT acc = zero;                                                                       \
+                for (int64_t k = crow[row]; k < crow[row + 1]; ++k) {                                \
+                    const T v = vals[k]; const VT vv = BCAST(v);                                     \
+                    VT xv = zero;                                                                    \
+                    if (n == TILE) memcpy(&xv, xa + col[k] * B + b0, sizeof(VT));                    \
+                    else for (int64_t l = 0; l < n; ++l) xv[l] = xa[col[k] * B + b0 + l];            \
+                    acc = acc + vv * xv;                                                             \
+                }                                                                                    \
+                R[jh] = acc;                                                                         \
+            }                                                                                        \
+            for (int64_t i = 0; i < m; ++i) {                                                        \
+                const T *u = U + (p * m + i) * d;                                                    \
+                T *op = out + (p * per + i) * C * B, *om = out + (p * per + m + i) * C * B;          \
+                for (int64_t c0 = 0; c0 < C; c0 += CK) {                                             \
+                    VT ap[CK], am[CK];                                                               \
+                    for (int k = 0; k < CK; ++k) { ap[k] = zero; am[k] = zero; }                     \
+                    for (int64_t h = 0; h < H; ++h) {                                                \
+                        VT pv = zero, ch = zero;                                                     \
+                        if (n == TILE) memcpy(&pv, pre + h * B + b0, sizeof(VT));                    \
+                        else for (int64_t l = 0; l < n; ++l) pv[l] = pre[h * B + b0 + l];            \
+                        if (d == 8) {                                                                \
+                            VT c1 = zero;                                                            \
+                            for (int j = 0; j < 8; j += 2) {                                         \
+                                const T u0 = u[j], u1 = u[j + 1];                                    \
+                                const VT v0 = BCAST(u0), v1 = BCAST(u1);                             \
+                                ch = ch + v0 * R[j * H + h];                                         \
+                                c1 = c1 + v1 * R[(j + 1) * H + h];                                   \
+                            }                                                                        \
+                            ch = ch + c1;                                                            \
+                        } else {                                                                     \
+                            for (int64_t j = 0; j < d; ++j) {                                        \
+                                const T uj = u[j]; const VT uv = BCAST(uj);                          \
+                                ch = ch + uv * R[j * H + h];                                         \
+                            }                                                                        \
+                        }                                                                            \
+                        VT hp = pv + ch, hm = pv - ch;                                               \
+                        if (relu) {                                                                  \
+                            hp = (VT)((VI)hp & ~(VI)(hp < zero));                                    \
+                            hm = (VT)((VI)hm & ~(VI)(hm < zero));                                    \
+                        }                                                                            \
+                        const T *w = wt + h * Cp + c0;                                               \
+                        for (int k = 0; k < CK; ++k) {                                               \
+                            const T wk = w[k]; const VT wv = BCAST(wk);                              \
+                            ap[k] = ap[k] + wv * hp;                                                 \
+                            if (antipodal) am[k] = am[k] + wv * hm;                                  \
+                        }                                                                            \
+                    }                                                                                \
+                    for (int k = 0; k < CK && c0 + k < C; ++k) {                                     \
+                        const T bk = bias[c0 + k]; const VT bv = BCAST(bk);                          \
+                        VT vp = ap[k] + bv, vm = am[k] + bv;                                         \
+                        for (int64_t l = 0; l < n; ++l) {                                            \
+                            op[(c0 + k) * B + b0 + l] = vp[l];                                       \
+                            if (antipodal) om[(c0 + k) * B + b0 + l] = vm[l];                        \
+                        }                                                                            \
+                    }                                                                                \
+                }                                                                                    \
+            }                                                                                        \
+        }                                                                                            \
+    }                                                                                                \
+}
+
+RELU_LINEAR_CSR(float, vf32, vi32, relu_linear_csr_f32)
+RELU_LINEAR_CSR(double, vf64, vi64, relu_linear_csr_f64)

@@ -1,0 +1,183 @@
+"""Compiled CPU kernels for the tails of PolyStep's staged evaluator (``kernels/fused_tails.c``).
+
+* :func:`lif_counts` runs ``LIFReadout(LIFHidden(current))`` of
+  :mod:`zoopt.problems.zoo.layers` for every row in one pass: the hidden
+  membranes, the spike train and the readout membranes live in L1-sized tiles
+  instead of a ``[rows, steps, hidden]`` tensor in memory. Every LIF step rounds
+  as the torch forward does (no fused multiply-add); only the readout's
+  ``spikes @ W.T`` sums in its own order (increasing hidden index), so results
+  equal the torch forward up to that rounding.
+* :func:`relu_linear_csr` scores the candidates of one affine stage followed by
+  ReLU (or nothing) and one linear layer (the zoo MLP): per tile of 16 rows it
+  forms the coordinates' responses from the (sparse) subspace map, combines them
+  per candidate, applies the ReLU and the readout, all in registers and cache.
+
+The library is built once with the system C compiler into the cache folder of
+:mod:`zoopt.kernels.philox_c` (``$ZOOPT_CACHE`` or ``~/.cache/zoopt``), a C file
+compiled in about a second, so no run pays a compile warm-up worth mentioning;
+without a compiler, or with ``ZOOPT_NO_CEXT=1``, :func:`available` is False and
+callers use torch.
+"""
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import subprocess
+import tempfile
+import threading
+
+import torch
+
+from .philox_c import _cache_dir
+from .sources import source_dir
+
+SOURCE = (source_dir() / "fused_tails.c").read_text()
+TILE = 16      # rows per vector (kernels/fused_tails.c)
+CB = 5         # readout units accumulated at once; the transposed weight is padded to a multiple
+ALIGN = 128    # bytes: the scratch vectors are 16 lanes of up to 8 bytes
+# No -march=native (a shared cache may be loaded on another CPU) and no contraction into FMA: the
+# LIF steps must round exactly as torch does. The first set adds SIMD clones chosen at load time.
+CFLAGS = ["-O3", "-fPIC", "-shared", "-ffp-contract=off"]
+FLAG_SETS = (CFLAGS + ["-DZOOPT_CLONES"], CFLAGS)
+
+_lock = threading.Lock()
+_lib = None
+_tried = False
+
+
+def _compile(flags) -> str:
+    digest = hashlib.sha256((SOURCE + " ".join(flags)).encode()).hexdigest()[:16]
+    folder = _cache_dir()
+    path = os.path.join(folder, f"fused_tails_{digest}.so")
+    if not os.path.exists(path):
+        os.makedirs(folder, exist_ok=True)
+        cc = os.environ.get("CC", "cc")
+        with tempfile.TemporaryDirectory(dir=folder) as tmp:
+            src = os.path.join(tmp, "fused_tails.c")
+            with open(src, "w") as fh:
+                fh.write(SOURCE)
+            tmp_so = os.path.join(tmp, "fused_tails.so")
+            subprocess.run([cc, *flags, src, "-o", tmp_so], check=True, capture_output=True, timeout=120)
+            os.replace(tmp_so, path)  # atomic: concurrent builders never see a torn file
+    return path
+
+
+def _build() -> ctypes.CDLL:
+    error = None
+    for flags in FLAG_SETS:
+        try:
+            lib = ctypes.CDLL(_compile(flags))
+            break
+        except (OSError, subprocess.SubprocessError) as exc:
+            error = exc
+    else:
+        raise error
+    i64, ptr = ctypes.c_int64, ctypes.c_void_p
+    for suffix, real in (("f32", ctypes.c_float), ("f64", ctypes.c_double)):
+        fn = getattr(lib, f"lif_counts_{suffix}")
+        fn.restype = None
+        fn.argtypes = [ptr, i64, i64, ptr, ptr, i64, i64, real, real, real, real, ptr, ptr]
+        fn = getattr(lib, f"relu_linear_csr_{suffix}")
+        fn.restype = None
+        fn.argtypes = [ptr, ptr, ptr, ptr, ptr, ptr, i64, i64, i64, i64, i64, ctypes.c_int, ctypes.c_int, ptr, ptr,
+                       i64, ptr, ptr]
+    return lib
+
+
+def available() -> bool:
+    """True when the compiled library loads (built on first use)."""
+    global _lib, _tried
+    if os.environ.get("ZOOPT_NO_CEXT"):
+        return False
+    if not _tried:
+        with _lock:
+            if not _tried:
+                try:
+                    _lib = _build()
+                except (OSError, AttributeError, subprocess.SubprocessError):
+                    _lib = None
+                _tried = True
+    return _lib is not None
+
+
+def supports(current: torch.Tensor, weight: torch.Tensor) -> bool:
+    """Whether :func:`lif_counts` takes these tensors (CPU, float32/float64, same dtype) here."""
+    return (current.device.type == "cpu" and weight.device.type == "cpu"
+            and current.dtype in (torch.float32, torch.float64) and weight.dtype == current.dtype
+            and current.dim() == 2 and available())
+
+
+def lif_counts(current: torch.Tensor, weight: torch.Tensor, bias, steps: int, beta1: float, thr1: float,
+               beta2: float, thr2: float, out=None) -> torch.Tensor:
+    """Output spike counts ``[rows, C]`` of the hidden LIF population driven by ``current [rows, H]``
+    for ``steps`` steps, read out through ``weight [C, H]`` / ``bias [C]`` into C LIF neurons."""
+    if not supports(current, weight):
+        raise RuntimeError("lif_counts needs CPU float32/float64 tensors of one dtype and the compiled library")
+    rows, hidden = current.shape
+    classes = weight.shape[0]
+    if weight.shape[1] != hidden:
+        raise ValueError(f"weight {tuple(weight.shape)} does not match {hidden} hidden units")
+    current = current.contiguous()
+    padded = -(-classes // CB) * CB
+    wt = torch.zeros(hidden, padded, dtype=current.dtype)
+    wt[:, :classes] = weight.detach().T
+    bias = torch.zeros(classes, dtype=current.dtype) if bias is None else bias.detach().to(current.dtype).contiguous()
+    if out is None:
+        out = torch.empty(rows, classes, dtype=current.dtype)
+    elif out.shape != (rows, classes) or out.dtype != current.dtype or not out.is_contiguous():
+        raise ValueError("out must be a contiguous [rows, C] tensor of the current's dtype")
+    size = current.element_size()
+    work = torch.empty((2 * hidden + 2 * padded) * TILE + ALIGN // size, dtype=current.dtype)
+    skip = (-work.data_ptr() % ALIGN) // size
+    fn = _lib.lif_counts_f32 if current.dtype == torch.float32 else _lib.lif_counts_f64
+    fn(current.data_ptr(), rows, hidden, wt.data_ptr(), bias.data_ptr(), classes, int(steps), float(beta1),
+       float(thr1), float(beta2), float(thr2), out.data_ptr(), work[skip:].data_ptr())
+    return out
+
+
+CK = 10  # readout units accumulated at once by relu_linear_csr; its transposed weight is padded to a multiple
+
+
+def relu_linear_csr(pre: torch.Tensor, xa: torch.Tensor, crow: torch.Tensor, col: torch.Tensor, vals: torch.Tensor,
+                    coeffs: torch.Tensor, weight: torch.Tensor, bias, antipodal: bool, relu: bool = True) -> torch.Tensor:
+    """Logits ``[P, M, C, B]`` (feature-major) of the candidates ``act(pre + change)`` through
+    ``weight [C, H]`` / ``bias [C]``: ``change = sum_j coeffs[p, i, j] resp[p, j]`` with ``pre [H, B]``,
+    ``coeffs [P, m, d]``, ``act`` ReLU (``relu``) or the identity; with ``antipodal`` ``M = 2 m`` and
+    candidate ``m + i`` is ``act(pre - change)``, else ``M = m``. The responses come as a CSR map,
+    ``resp[p, j, h, :] = sum_k vals[k] xa[col[k], :]`` over CSR row ``(p d + j) H + h`` (``crow`` has
+    ``P d H + 1`` entries starting at 0; ``xa [K, B]`` is the stage input transposed, plus a row of ones
+    for bias coordinates), and are formed per tile of rows in cache, never as a tensor."""
+    if not (supports(pre, weight) and xa.dtype == pre.dtype and vals.dtype == pre.dtype
+            and coeffs.dtype == pre.dtype and coeffs.dim() == 3 and xa.dim() == 2
+            and crow.dtype == torch.int64 and col.dtype == torch.int64):
+        raise RuntimeError("relu_linear_csr needs CPU float32/float64 tensors of one dtype, int64 indices and the "
+                           "compiled library")
+    hidden, batch = pre.shape
+    parts, m, d = coeffs.shape
+    classes = weight.shape[0]
+    if xa.shape[1] != batch or weight.shape[1] != hidden or crow.numel() != parts * d * hidden + 1:
+        raise ValueError("relu_linear_csr: shapes of pre, xa, crow, coeffs and weight do not match")
+    if int(crow[0]) != 0 or int(crow[-1]) != col.numel() or col.numel() != vals.numel():
+        raise ValueError("relu_linear_csr: crow must start at 0 and end at the number of entries")
+    if col.numel() and (int(col.min()) < 0 or int(col.max()) >= xa.shape[0]):
+        raise ValueError("relu_linear_csr: a column index is outside xa")
+    pre, xa, coeffs = pre.contiguous(), xa.contiguous(), coeffs.contiguous()
+    crow, col, vals = crow.contiguous(), col.contiguous(), vals.contiguous()
+    padded = -(-classes // CK) * CK
+    wt = torch.zeros(hidden, padded, dtype=pre.dtype)
+    wt[:, :classes] = weight.detach().T
+    bias = torch.zeros(classes, dtype=pre.dtype) if bias is None else bias.detach().to(pre.dtype).contiguous()
+    per = 2 * m if antipodal else m
+    out = torch.empty(parts, per, classes, batch, dtype=pre.dtype)
+    size = pre.element_size()
+    work = torch.empty(d * hidden * TILE + ALIGN // size, dtype=pre.dtype)
+    skip = (-work.data_ptr() % ALIGN) // size
+    fn = _lib.relu_linear_csr_f32 if pre.dtype == torch.float32 else _lib.relu_linear_csr_f64
+    fn(pre.data_ptr(), xa.data_ptr(), crow.data_ptr(), col.data_ptr(), vals.data_ptr(), coeffs.data_ptr(), parts, m,
+       d, hidden, batch, int(bool(antipodal)), int(bool(relu)), wt.data_ptr(), bias.data_ptr(), classes,
+       out.data_ptr(), work[skip:].data_ptr())
+    return out
+
+
+__all__ = ["available", "supports", "lif_counts", "relu_linear_csr"]
