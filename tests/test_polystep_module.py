@@ -280,3 +280,57 @@ def test_module_argument_errors():
         zoopt.PolyStep(model, rank=None, max_subspace_dim=3)
     with pytest.raises(TypeError, match="batch"):
         zoopt.PolyStep(model).step(torch.zeros(2, 3), LOSS)
+
+
+# -- the default temperature is in units of the cost spread (issue 17) ------------------------------
+
+def test_median_spread_ignores_nonfinite_particles_and_a_flat_step_is_left_alone():
+    from zoopt.polystep.defaults import median_spread, spread_scaled
+
+    costs = torch.tensor([[1.0, 3.0, 2.0, 1.5], [0.0, 0.5, 0.25, 0.0], [5.0, 9.0, 5.0, 5.0],
+                          [float("inf"), 0.0, 0.0, 0.0]])
+    assert median_spread(costs.reshape(-1), 4) == pytest.approx(2.0)  # ranges 2, 0.5, 4 (inf row skipped)
+    scaled, spread = spread_scaled(costs.reshape(-1), 4)
+    assert spread == pytest.approx(2.0) and torch.equal(scaled[:12], costs.reshape(-1)[:12] / 2.0)
+    flat = torch.full((8,), 2.3)
+    same, zero = spread_scaled(flat, 2)
+    assert zero == 0.0 and torch.equal(same, flat)
+    assert median_spread(torch.full((4,), float("nan")), 2) == 0.0
+
+
+def test_default_epsilon_is_in_units_of_the_step_cost_spread():
+    """One default step equals a step with cost_spread off and epsilon = EPSILON * that step's median spread;
+    an explicit epsilon (the paper configs) keeps the raw loss units."""
+    from zoopt.polystep.defaults import EPSILON
+    from zoopt.polystep.schedules import Constant
+
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(64, 12, generator=g), torch.randint(0, 3, (64,), generator=g)
+    net = make_model("snn", in_features=12, num_classes=3, hidden=16, seed=0)
+    auto = zoopt.PolyStep(net, seed=0)
+    assert auto.cost_spread and auto.stepper.epsilon.at(0) == EPSILON
+    alpha, rho = auto.stepper.step_radius.at(0), auto.stepper.probe_radius.at(0)
+    auto.step((x, y), LOSS)
+    spread = auto.last_stats["cost_spread"]
+    assert spread > 0
+    raw = zoopt.PolyStep(make_model("snn", in_features=12, num_classes=3, hidden=16, seed=0), seed=0,
+                         epsilon=EPSILON * spread, step_radius=Constant(alpha), probe_radius=Constant(rho))
+    assert not raw.cost_spread and "cost_spread" not in raw.last_stats
+    raw.step((x, y), LOSS)
+    assert torch.allclose(auto.stepper.center, raw.stepper.center, atol=1e-6)
+    assert zoopt.PolyStep(net, seed=0, epsilon=1.0, cost_spread=True).cost_spread
+    assert not zoopt.PolyStep(net, rank=None).cost_spread  # full space keeps the reference's defaults
+
+
+def test_default_settings_depend_on_the_weights_not_the_model_class():
+    class Renamed(nn.Sequential):
+        pass
+
+    def net(cls):
+        torch.manual_seed(3)
+        return cls(nn.Linear(20, 16), nn.Tanh(), nn.Linear(16, 4))
+
+    a, b = zoopt.PolyStep(net(nn.Sequential)), zoopt.PolyStep(net(Renamed))
+    for key in ("step_radius", "probe_radius", "epsilon"):
+        assert getattr(a.stepper, key).at(0) == getattr(b.stepper, key).at(0)
+    assert a.evaluations_per_step == b.evaluations_per_step

@@ -33,7 +33,7 @@ from torch import nn
 from zoopt.problems.module import BATCH_KEY, ModuleProblem, batch_entry, same_loss
 from zoopt.workers import make_evaluator
 
-from .defaults import FULL_SPACE, subspace_defaults
+from .defaults import FULL_SPACE, spread_scaled, subspace_defaults
 from .problem import BlockSetup, helpers
 from .schedules import Schedule, resolve_radius
 from .strategy import PolyStepES
@@ -90,7 +90,11 @@ class PolyStep:
     subspace, sinkhorn in full space), ``epsilon``, ``step_radius``,
     ``probe_radius`` (None: chosen from the model's weights in a subspace,
     :mod:`zoopt.polystep.defaults`; the reference's 0.1 / 1.0 / 2.0 in full
-    space; plain numbers are multiplied by epsilon), ``num_probes``,
+    space; plain numbers are multiplied by epsilon), ``cost_spread`` (divide
+    each evaluated step's costs by the median over particles of their
+    max - min before the softmax, so epsilon is in units of the typical
+    cost spread; None: on with the subspace defaults, i.e. when ``epsilon``
+    is not given, off otherwise; the divisor is ``last_stats["cost_spread"]``), ``num_probes``,
     ``probe_jitter``, ``scale_cost``, ``momentum``, ``momentum_warmup``,
     ``biased_rotation``, ``amortize``.
     ``structured=False`` forces the generic vmap evaluation; ``compile``
@@ -111,7 +115,7 @@ class PolyStep:
                  structured: bool = True, activation_bytes: Optional[int] = None,
                  sparse_threshold_bytes: int = SPARSE_THRESHOLD_BYTES, compile="auto", evaluator=None,
                  evaluator_options: Optional[dict] = None, data=None, data_seed: int = 0, lr: float = 1.0,
-                 **options):
+                 cost_spread: Optional[bool] = None, **options):
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         if isinstance(absorb_interval, bool) or not isinstance(absorb_interval, int) or absorb_interval < 0:
@@ -139,6 +143,9 @@ class PolyStep:
         auto = subspace_defaults(self.subspace, theta_base) if rank is not None else FULL_SPACE
         hyper = {name: auto[name] if value is None else value for name, value in
                  (("epsilon", epsilon), ("step_radius", step_radius), ("probe_radius", probe_radius))}
+        if cost_spread is None:  # the default temperature is in spread units; a given epsilon is in loss units
+            cost_spread = auto["cost_spread"] if epsilon is None else False
+        self.cost_spread = bool(cost_spread)
         self.strategy = PolyStepES(torch.zeros(self.subspace.dim), particle_dim=particle_dim, solver=solver,
                                    seed=seed, dtype=dtype, auto_coast=False, **hyper, **options)
         self.optimizer = StepRadiusScale(lr)
@@ -235,9 +242,14 @@ class PolyStep:
             fitness = self.evaluator(self.problem, spec)
             x, y = self.problem.batch_for(spec)  # the model still holds theta(z): nothing moved yet
             loss = float(loss_fn(self.model(x), y))
+            spread = None
+            if self.cost_spread:
+                fitness, spread = spread_scaled(fitness, self.stepper.num_particles)
             self.strategy.tell(fitness)
             self.optimizer.step()
             self.last_stats = self.strategy.last_stats
+            if spread is not None:
+                self.last_stats = {**self.last_stats, "cost_spread": spread}
             self.evaluations += spec.popsize
         if self.absorb_interval and self.stepper.step % self.absorb_interval == 0:
             self.absorb()
