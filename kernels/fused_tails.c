@@ -88,6 +88,72 @@ VECTORIZED void NAME(const T *restrict cur, int64_t rows, int64_t H, const T *re
 LIF_COUNTS(float, vf32, vi32, lif_counts_f32)
 LIF_COUNTS(double, vf64, vi64, lif_counts_f64)
 
+/* Cross-entropy of TILE rows from their logits lg[0..C) (float32): max, exp(l - max) summed, log,
+   minus the label's logit, with exp and log evaluated by range reduction and polynomials to about
+   one float32 rounding (torch's own exp and log are no closer). The losses of the first n lanes are
+   added to *acc (a double: the mean over the rows stays as close as torch's float32 mean) in row order. */
+static inline __attribute__((always_inline)) vf32 exp_nonpos_f32(vf32 x) { /* e^x for x <= 0 (0 below -87) */
+    const vf32 lo = (vf32)BCAST(-87.0f), magic = (vf32)BCAST(12582912.0f), log2e = (vf32)BCAST(1.44269504f);
+    const vf32 ln2hi = (vf32)BCAST(0.693145752f), ln2lo = (vf32)BCAST(1.42860677e-06f);
+    vi32 tiny = (vi32)(x < lo);
+    x = (vf32)(((vi32)x & ~tiny) | ((vi32)lo & tiny));
+    vf32 nf = (x * log2e + magic) - magic;
+    vf32 r = x - nf * ln2hi;
+    r = r - nf * ln2lo;
+    vf32 pl = (vf32)BCAST(1.0f / 5040.0f);
+    pl = pl * r + (vf32)BCAST(1.0f / 720.0f);
+    pl = pl * r + (vf32)BCAST(1.0f / 120.0f);
+    pl = pl * r + (vf32)BCAST(1.0f / 24.0f);
+    pl = pl * r + (vf32)BCAST(1.0f / 6.0f);
+    pl = pl * r + (vf32)BCAST(0.5f);
+    pl = pl * r + (vf32)BCAST(1.0f);
+    pl = pl * r + (vf32)BCAST(1.0f);
+    vi32 ni = __builtin_convertvector(nf, vi32);
+    vf32 scale = (vf32)((ni + 127) << 23);
+    return (vf32)((vi32)(pl * scale) & ~tiny);
+}
+
+static inline __attribute__((always_inline)) vf32 log_pos_f32(vf32 s) { /* log s for finite s > 0 */
+    vi32 bits = (vi32)s;
+    vi32 e = ((bits >> 23) & 0xff) - 127;
+    vf32 mant = (vf32)((bits & 0x7fffff) | 0x3f800000);
+    vi32 big = (vi32)(mant > (vf32)BCAST(1.41421356f));
+    mant = (vf32)(((vi32)(mant * (vf32)BCAST(0.5f)) & big) | ((vi32)mant & ~big));
+    e = e + (big & 1);
+    vf32 t = (mant - (vf32)BCAST(1.0f)) / (mant + (vf32)BCAST(1.0f));
+    vf32 t2 = t * t;
+    vf32 q = (vf32)BCAST(1.0f / 11.0f);
+    q = q * t2 + (vf32)BCAST(1.0f / 9.0f);
+    q = q * t2 + (vf32)BCAST(1.0f / 7.0f);
+    q = q * t2 + (vf32)BCAST(1.0f / 5.0f);
+    q = q * t2 + (vf32)BCAST(1.0f / 3.0f);
+    q = q * t2 + (vf32)BCAST(1.0f);
+    return __builtin_convertvector(e, vf32) * (vf32)BCAST(0.693147181f) + (vf32)BCAST(2.0f) * t * q;
+}
+
+static inline __attribute__((always_inline)) void ce_tile_f32(const vf32 *lg, int64_t C, const int64_t *y, int64_t n,
+                                                             double *acc) {
+    vf32 top = lg[0];
+    for (int64_t k = 1; k < C; ++k) {
+        vi32 gt = (vi32)(lg[k] > top);
+        top = (vf32)(((vi32)lg[k] & gt) | ((vi32)top & ~gt));
+    }
+    vf32 sum = (vf32)BCAST(0.0f), picked = (vf32)BCAST(0.0f);
+    vi32 lab;
+    for (int l = 0; l < TILE; ++l) lab[l] = l < n ? (int32_t)y[l] : 0;
+    for (int64_t k = 0; k < C; ++k) {
+        sum = sum + exp_nonpos_f32(lg[k] - top);
+        vi32 hit = (vi32)(lab == (int32_t)k);
+        picked = (vf32)(((vi32)lg[k] & hit) | ((vi32)picked & ~hit));
+    }
+    vf32 loss = (log_pos_f32(sum) + top) - picked;
+    for (int64_t l = 0; l < n; ++l) *acc += (double)loss[l];
+}
+
+static inline __attribute__((always_inline)) void ce_tile_f64(const vf64 *lg, int64_t C, const int64_t *y, int64_t n, double *acc) {
+    (void)lg; (void)C; (void)y; (void)n; (void)acc; /* float64 keeps the loss in torch */
+}
+
 /* The MLP tail after a perturbed first layer, feature-major (rows in the last axis, B rows): for
    particle p and combination i, change = sum_j U[p, i, j] resp[p, j] ([H][B]), and the candidates
    relu(pre + change) (and, with `antipodal`, relu(pre - change) as candidate m + i) go through the
@@ -103,12 +169,13 @@ LIF_COUNTS(double, vf64, vi64, lif_counts_f64)
    (p d + j) H + h of vals[k] * xa[col[k], b], where xa [K, B] is the stage input transposed (a last
    row of ones serves bias coordinates). Rows are taken TILE at a time across all particles, so the
    input tile stays in L2 and the [P, d, H, B] responses never exist in memory. work: d H vectors. */
-#define RELU_LINEAR_CSR(T, VT, VI, NAME)                                                             \
+#define RELU_LINEAR_CSR(T, VT, VI, NAME, CE_TILE)                                                    \
 VECTORIZED __attribute__((optimize("fp-contract=fast"))) void NAME(                                  \
         const T *restrict pre, const T *restrict xa, const int64_t *restrict crow,                   \
         const int64_t *restrict col, const T *restrict vals, const T *restrict U, int64_t P,         \
         int64_t m, int64_t d, int64_t H, int64_t B, int antipodal, int relu, const T *restrict wt,   \
-        const T *restrict bias, int64_t C, T *restrict out, VT *restrict R) {                        \
+        const T *restrict bias, int64_t C, T *restrict out, VT *restrict R, const int64_t *restrict y, \
+        double *restrict loss) {                                                                     \
     int64_t Cp = (C + CK - 1) / CK * CK, per = antipodal ? 2 * m : m;                                 \
     const VT zero = BCAST((T)0);                                                                     \
     for (int64_t b0 = 0; b0 < B; b0 += TILE) {                                                       \
@@ -165,11 +232,16 @@ VECTORIZED __attribute__((optimize("fp-contract=fast"))) void NAME(             
                     }                                                                                \
                     for (int k = 0; k < CK && c0 + k < C; ++k) {                                     \
                         const T bk = bias[c0 + k]; const VT bv = BCAST(bk);                          \
-                        VT vp = ap[k] + bv, vm = am[k] + bv;                                         \
+                        ap[k] = ap[k] + bv; am[k] = am[k] + bv;                                      \
+                        if (loss) continue;                                                          \
                         for (int64_t l = 0; l < n; ++l) {                                            \
-                            op[(c0 + k) * B + b0 + l] = vp[l];                                       \
-                            if (antipodal) om[(c0 + k) * B + b0 + l] = vm[l];                        \
+                            op[(c0 + k) * B + b0 + l] = ap[k][l];                                    \
+                            if (antipodal) om[(c0 + k) * B + b0 + l] = am[k][l];                     \
                         }                                                                            \
+                    }                                                                                \
+                    if (loss) { /* C <= CK: one block holds every logit */                           \
+                        CE_TILE(ap, C, y + b0, n, loss + p * per + i);                               \
+                        if (antipodal) CE_TILE(am, C, y + b0, n, loss + p * per + m + i);            \
                     }                                                                                \
                 }                                                                                    \
             }                                                                                        \
@@ -177,5 +249,5 @@ VECTORIZED __attribute__((optimize("fp-contract=fast"))) void NAME(             
     }                                                                                                \
 }
 
-RELU_LINEAR_CSR(float, vf32, vi32, relu_linear_csr_f32)
-RELU_LINEAR_CSR(double, vf64, vi64, relu_linear_csr_f64)
+RELU_LINEAR_CSR(float, vf32, vi32, relu_linear_csr_f32, ce_tile_f32)
+RELU_LINEAR_CSR(double, vf64, vi64, relu_linear_csr_f64, ce_tile_f64)

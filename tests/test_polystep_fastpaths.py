@@ -142,3 +142,27 @@ def test_relu_linear_csr_equals_dense_responses(dtype, d, batch, antipodal, relu
     assert torch.allclose(got, ref, rtol=0, atol=tol)
     with pytest.raises(ValueError):
         fused_tails.relu_linear_csr(pre, xa, crow, col.clamp_min(k_in), vals, coeffs, weight, bias, antipodal, relu)
+
+
+@needs_lib
+@pytest.mark.parametrize("batch,antipodal", [(512, True), (37, False)])
+def test_relu_linear_csr_cross_entropy_equals_torch(batch, antipodal):
+    g = torch.Generator().manual_seed(batch)
+    parts, m, d, hidden, classes, k_in = 3, 4, 8, 16, 10, 20
+    rows = parts * d * hidden
+    nnz = torch.randint(1, 4, (rows,), generator=g)
+    crow = torch.cat([torch.zeros(1, dtype=torch.int64), nnz.cumsum(0)])
+    col = torch.randint(0, k_in, (int(crow[-1]),), generator=g)
+    vals = torch.randn(int(crow[-1]), generator=g)
+    pre, xa = torch.randn(hidden, batch, generator=g), torch.randn(k_in, batch, generator=g)
+    coeffs = torch.randn(parts, m, d, generator=g)
+    weight, bias = torch.randn(classes, hidden, generator=g) * 0.1, torch.randn(classes, generator=g)
+    y = torch.randint(0, classes, (batch,), generator=g)
+    logits = fused_tails.relu_linear_csr(pre, xa, crow, col, vals, coeffs, weight, bias, antipodal)
+    got = fused_tails.relu_linear_csr(pre, xa, crow, col, vals, coeffs, weight, bias, antipodal, labels=y)
+    flat = logits.reshape(-1, classes, batch)
+    ref = torch.stack([nn.functional.cross_entropy(o.T, y) for o in flat]).reshape(got.shape)
+    assert got.dtype == torch.float32 and ref.std() > 0.01 and 1 < ref.mean() < 10
+    assert torch.allclose(got, ref, rtol=0, atol=1e-6)
+    with pytest.raises(ValueError):
+        fused_tails.relu_linear_csr(pre, xa, crow, col, vals, coeffs, weight, bias, antipodal, labels=y + classes)

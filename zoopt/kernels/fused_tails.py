@@ -26,6 +26,7 @@ import os
 import subprocess
 import tempfile
 import threading
+from typing import Optional
 
 import torch
 
@@ -81,7 +82,7 @@ def _build() -> ctypes.CDLL:
         fn = getattr(lib, f"relu_linear_csr_{suffix}")
         fn.restype = None
         fn.argtypes = [ptr, ptr, ptr, ptr, ptr, ptr, i64, i64, i64, i64, i64, ctypes.c_int, ctypes.c_int, ptr, ptr,
-                       i64, ptr, ptr]
+                       i64, ptr, ptr, ptr, ptr]
     return lib
 
 
@@ -140,14 +141,19 @@ CK = 10  # readout units accumulated at once by relu_linear_csr; its transposed 
 
 
 def relu_linear_csr(pre: torch.Tensor, xa: torch.Tensor, crow: torch.Tensor, col: torch.Tensor, vals: torch.Tensor,
-                    coeffs: torch.Tensor, weight: torch.Tensor, bias, antipodal: bool, relu: bool = True) -> torch.Tensor:
+                    coeffs: torch.Tensor, weight: torch.Tensor, bias, antipodal: bool, relu: bool = True,
+                    labels: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Logits ``[P, M, C, B]`` (feature-major) of the candidates ``act(pre + change)`` through
     ``weight [C, H]`` / ``bias [C]``: ``change = sum_j coeffs[p, i, j] resp[p, j]`` with ``pre [H, B]``,
     ``coeffs [P, m, d]``, ``act`` ReLU (``relu``) or the identity; with ``antipodal`` ``M = 2 m`` and
     candidate ``m + i`` is ``act(pre - change)``, else ``M = m``. The responses come as a CSR map,
     ``resp[p, j, h, :] = sum_k vals[k] xa[col[k], :]`` over CSR row ``(p d + j) H + h`` (``crow`` has
     ``P d H + 1`` entries starting at 0; ``xa [K, B]`` is the stage input transposed, plus a row of ones
-    for bias coordinates), and are formed per tile of rows in cache, never as a tensor."""
+    for bias coordinates), and are formed per tile of rows in cache, never as a tensor.
+
+    With ``labels [B]`` (float32, at most ``CK`` classes, every label in ``0..C-1``) the kernel returns
+    the candidates' mean cross-entropy ``[P, M]`` instead of the logits (exp and log by polynomials,
+    within a few float32 roundings of torch's)."""
     if not (supports(pre, weight) and xa.dtype == pre.dtype and vals.dtype == pre.dtype
             and coeffs.dtype == pre.dtype and coeffs.dim() == 3 and xa.dim() == 2
             and crow.dtype == torch.int64 and col.dtype == torch.int64):
@@ -169,15 +175,24 @@ def relu_linear_csr(pre: torch.Tensor, xa: torch.Tensor, crow: torch.Tensor, col
     wt[:, :classes] = weight.detach().T
     bias = torch.zeros(classes, dtype=pre.dtype) if bias is None else bias.detach().to(pre.dtype).contiguous()
     per = 2 * m if antipodal else m
-    out = torch.empty(parts, per, classes, batch, dtype=pre.dtype)
+    if labels is not None:
+        labels = labels.to(torch.int64).contiguous()
+        if pre.dtype != torch.float32 or classes > CK or labels.shape != (batch,) or \
+                (batch and (int(labels.min()) < 0 or int(labels.max()) >= classes)):
+            raise ValueError(f"labels: float32, at most {CK} classes, one label in 0..C-1 per row")
+        loss = torch.zeros(parts, per, dtype=torch.float64)  # row sums in double
+        out = loss.new_empty(0)
+    else:
+        out = torch.empty(parts, per, classes, batch, dtype=pre.dtype)
     size = pre.element_size()
     work = torch.empty(d * hidden * TILE + ALIGN // size, dtype=pre.dtype)
     skip = (-work.data_ptr() % ALIGN) // size
     fn = _lib.relu_linear_csr_f32 if pre.dtype == torch.float32 else _lib.relu_linear_csr_f64
     fn(pre.data_ptr(), xa.data_ptr(), crow.data_ptr(), col.data_ptr(), vals.data_ptr(), coeffs.data_ptr(), parts, m,
        d, hidden, batch, int(bool(antipodal)), int(bool(relu)), wt.data_ptr(), bias.data_ptr(), classes,
-       out.data_ptr(), work[skip:].data_ptr())
-    return out
+       out.data_ptr(), work[skip:].data_ptr(), labels.data_ptr() if labels is not None else None,
+       loss.data_ptr() if labels is not None else None)
+    return (loss / batch).to(pre.dtype) if labels is not None else out
 
 
 __all__ = ["available", "supports", "lif_counts", "relu_linear_csr"]

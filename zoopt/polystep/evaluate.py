@@ -90,12 +90,9 @@ def _empty_csr(rows: int, dtype):
     return torch.zeros(rows + 1, dtype=torch.int64), torch.zeros(0, dtype=torch.int64), torch.zeros(0, dtype=dtype)
 
 
-def _cross_entropy_means(loss_fn, outputs: torch.Tensor, y, class_dim: int = 2) -> Optional[torch.Tensor]:
-    """Per-candidate mean cross-entropy of ``outputs [N, B, C]`` (``[N, C, B]`` with ``class_dim=1``)
-    against class indices ``y [B]`` as
-    ``logsumexp - picked logit``, or None unless ``loss_fn`` is a plain mean cross-entropy (no class
-    weights, no label smoothing, every label a valid class). Equal to ``vmap(loss_fn)`` to rounding
-    and several times faster: torch's log-softmax over a last dimension of 10 is slow on CPU."""
+def _cross_entropy_labels(loss_fn, y, classes: int, batch: int) -> Optional[torch.Tensor]:
+    """``y`` when ``loss_fn`` is a plain mean cross-entropy (no class weights, no label smoothing) and
+    every label of ``y [batch]`` is a class in ``0..classes-1`` (none ignored), else None."""
     if type(loss_fn) is nn.CrossEntropyLoss:
         if loss_fn.weight is not None or loss_fn.reduction != "mean" or loss_fn.label_smoothing != 0:
             return None
@@ -104,13 +101,24 @@ def _cross_entropy_means(loss_fn, outputs: torch.Tensor, y, class_dim: int = 2) 
         ignore = -100
     else:
         return None
-    batch_dim = 3 - class_dim
-    if not (torch.is_tensor(y) and y.dim() == 1 and y.dtype == torch.int64 and outputs.dim() == 3
-            and outputs.is_floating_point() and y.shape[0] == outputs.shape[batch_dim] and y.numel() > 0
-            and y.device == outputs.device):
+    if not (torch.is_tensor(y) and y.dim() == 1 and y.dtype == torch.int64 and y.numel() == batch > 0):
         return None
-    if bool((y < 0).any()) or bool((y >= outputs.shape[class_dim]).any()) or bool((y == ignore).any()):
+    if bool((y < 0).any()) or bool((y >= classes).any()) or bool((y == ignore).any()):
         return None  # the reference reports (or ignores) these
+    return y
+
+
+def _cross_entropy_means(loss_fn, outputs: torch.Tensor, y, class_dim: int = 2) -> Optional[torch.Tensor]:
+    """Per-candidate mean cross-entropy of ``outputs [N, B, C]`` (``[N, C, B]`` with ``class_dim=1``)
+    against class indices ``y [B]`` as ``logsumexp - picked logit``, or None unless ``loss_fn`` is a
+    plain mean cross-entropy (:func:`_cross_entropy_labels`). Equal to ``vmap(loss_fn)`` to rounding
+    and several times faster: torch's log-softmax over a last dimension of 10 is slow on CPU."""
+    batch_dim = 3 - class_dim
+    if not (outputs.dim() == 3 and outputs.is_floating_point() and torch.is_tensor(y)
+            and y.device == outputs.device and y.numel() == outputs.shape[batch_dim]):
+        return None
+    if _cross_entropy_labels(loss_fn, y, outputs.shape[class_dim], outputs.shape[batch_dim]) is None:
+        return None
     n, b = outputs.shape[0], y.numel()
     picked = outputs.gather(class_dim, y.expand(n, b).unsqueeze(class_dim)).squeeze(class_dim)
     top = outputs.amax(dim=class_dim, keepdim=True)
@@ -292,7 +300,10 @@ class BlockEvaluator:
     def _chunk_particles(self, route: Route, acts, x, per_particle: int) -> int:
         """Particles per chunk so stacked activations and weight copies stay within budget."""
         batch = x.shape[0]
-        if acts is not None:
+        if acts is not None and route.kind == "linear" and \
+                self._fused_linear_tail(route, affine_parts(self.stages[route.stage][1]), acts) is not None:
+            floats = acts[-1].numel() / max(1, batch)  # the kernel keeps activations in cache: only logits
+        elif acts is not None:
             floats = sum(a.numel() for a in acts[route.stage + 1:]) / max(1, batch)
         else:
             floats = x[0].numel() * 8  # unknown internals: a rough guess
@@ -416,6 +427,10 @@ class BlockEvaluator:
         half = n_cand // 2
         antipodal = n_cand % 2 == 0 and torch.equal(deltas[:, half:], -deltas[:, :half])
         used = (deltas[:, :half] if antipodal else deltas).to(pre.dtype)
+        if pre.dtype == torch.float32 and readout.out_features <= fused_tails.CK and \
+                _cross_entropy_labels(loss_fn, y, readout.out_features, rows) is not None:
+            return fused_tails.relu_linear_csr(pre_t, x_aug, crow, col, vals, used, readout.weight, readout.bias,
+                                               antipodal, relu=type(post) is nn.ReLU, labels=y).reshape(n_part, n_cand)
         logits = fused_tails.relu_linear_csr(pre_t, x_aug, crow, col, vals, used, readout.weight, readout.bias,
                                              antipodal, relu=type(post) is nn.ReLU)
         logits = logits.reshape(n_part * n_cand, -1, rows)  # [N, C, B]
