@@ -166,3 +166,27 @@ def test_relu_linear_csr_cross_entropy_equals_torch(batch, antipodal):
     assert torch.allclose(got, ref, rtol=0, atol=1e-6)
     with pytest.raises(ValueError):
         fused_tails.relu_linear_csr(pre, xa, crow, col, vals, coeffs, weight, bias, antipodal, labels=y + classes)
+
+
+@needs_lib
+def test_kernels_give_the_same_bits_on_any_number_of_threads():
+    g = torch.Generator().manual_seed(0)
+    current = torch.randn(16 * 9 + 5, 12, generator=g) + 0.4
+    readout = _readout(12, 3, torch.float32, seed=1)
+    parts, m, d, hidden, classes, k_in, batch = 5, 4, 8, 6, 10, 9, 40
+    nnz = torch.randint(1, 4, (parts * d * hidden,), generator=g)
+    crow = torch.cat([torch.zeros(1, dtype=torch.int64), nnz.cumsum(0)])
+    col = torch.randint(0, k_in, (int(crow[-1]),), generator=g)
+    args = (torch.randn(hidden, batch, generator=g), torch.randn(k_in, batch, generator=g), crow, col,
+            torch.randn(int(crow[-1]), generator=g), torch.randn(parts, m, d, generator=g),
+            torch.randn(classes, hidden, generator=g) * 0.1, torch.randn(classes, generator=g), True)
+    y = torch.randint(0, classes, (batch,), generator=g)
+    before, out = torch.get_num_threads(), {}
+    try:
+        for threads in (1, 3):
+            torch.set_num_threads(threads)
+            out[threads] = (fused_tails.lif_counts(current, readout.weight, readout.bias, 6, 0.95, 1.0, 0.9, 1.0),
+                            fused_tails.relu_linear_csr(*args), fused_tails.relu_linear_csr(*args, labels=y))
+    finally:
+        torch.set_num_threads(before)
+    assert all(torch.equal(a, b) for a, b in zip(out[1], out[3]))

@@ -86,6 +86,33 @@ def _build() -> ctypes.CDLL:
     return lib
 
 
+_pool = None
+
+
+def _split(count: int, grain: int, run) -> None:
+    """``run(lo, hi)`` over ``[0, count)``, cut into ``torch.get_num_threads()`` pieces of whole ``grain``s run
+    on that many threads (the kernels release the GIL); one thread: one call."""
+    global _pool
+    threads = max(1, min(torch.get_num_threads(), -(-count // grain)))
+    if threads == 1:
+        run(0, count)
+        return
+    if _pool is None or _pool._max_workers < threads:
+        from concurrent.futures import ThreadPoolExecutor
+        _pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="zoopt-fused")
+    step = -(-count // (threads * grain)) * grain
+    futures = [_pool.submit(run, lo, min(lo + step, count)) for lo in range(0, count, step)]
+    for f in futures:
+        f.result()
+
+
+def _aligned_work(numel: int, dtype) -> torch.Tensor:
+    """Scratch of ``numel`` elements starting on an ``ALIGN``-byte boundary (the kernels' vector type)."""
+    size = torch.empty(0, dtype=dtype).element_size()
+    work = torch.empty(numel + ALIGN // size, dtype=dtype)
+    return work[(-work.data_ptr() % ALIGN) // size:]
+
+
 def available() -> bool:
     """True when the compiled library loads (built on first use)."""
     global _lib, _tried
@@ -129,11 +156,15 @@ def lif_counts(current: torch.Tensor, weight: torch.Tensor, bias, steps: int, be
     elif out.shape != (rows, classes) or out.dtype != current.dtype or not out.is_contiguous():
         raise ValueError("out must be a contiguous [rows, C] tensor of the current's dtype")
     size = current.element_size()
-    work = torch.empty((2 * hidden + 2 * padded) * TILE + ALIGN // size, dtype=current.dtype)
-    skip = (-work.data_ptr() % ALIGN) // size
     fn = _lib.lif_counts_f32 if current.dtype == torch.float32 else _lib.lif_counts_f64
-    fn(current.data_ptr(), rows, hidden, wt.data_ptr(), bias.data_ptr(), classes, int(steps), float(beta1),
-       float(thr1), float(beta2), float(thr2), out.data_ptr(), work[skip:].data_ptr())
+    per_row = (hidden * size, classes * size)
+
+    def run(r0: int, r1: int) -> None:
+        work = _aligned_work((2 * hidden + 2 * padded) * TILE, current.dtype)
+        fn(current.data_ptr() + r0 * per_row[0], r1 - r0, hidden, wt.data_ptr(), bias.data_ptr(), classes,
+           int(steps), float(beta1), float(thr1), float(beta2), float(thr2), out.data_ptr() + r0 * per_row[1],
+           work.data_ptr())
+    _split(rows, TILE, run)
     return out
 
 
@@ -184,14 +215,17 @@ def relu_linear_csr(pre: torch.Tensor, xa: torch.Tensor, crow: torch.Tensor, col
         out = loss.new_empty(0)
     else:
         out = torch.empty(parts, per, classes, batch, dtype=pre.dtype)
-    size = pre.element_size()
-    work = torch.empty(d * hidden * TILE + ALIGN // size, dtype=pre.dtype)
-    skip = (-work.data_ptr() % ALIGN) // size
     fn = _lib.relu_linear_csr_f32 if pre.dtype == torch.float32 else _lib.relu_linear_csr_f64
-    fn(pre.data_ptr(), xa.data_ptr(), crow.data_ptr(), col.data_ptr(), vals.data_ptr(), coeffs.data_ptr(), parts, m,
-       d, hidden, batch, int(bool(antipodal)), int(bool(relu)), wt.data_ptr(), bias.data_ptr(), classes,
-       out.data_ptr(), work[skip:].data_ptr(), labels.data_ptr() if labels is not None else None,
-       loss.data_ptr() if labels is not None else None)
+    size = pre.element_size()
+
+    def run(p0: int, p1: int) -> None:
+        work = _aligned_work(d * hidden * TILE, pre.dtype)
+        fn(pre.data_ptr(), xa.data_ptr(), crow.data_ptr() + p0 * d * hidden * 8, col.data_ptr(), vals.data_ptr(),
+           coeffs.data_ptr() + p0 * m * d * size, p1 - p0, m, d, hidden, batch, int(bool(antipodal)), int(bool(relu)),
+           wt.data_ptr(), bias.data_ptr(), classes, out.data_ptr() + p0 * out[:1].numel() * size, work.data_ptr(),
+           labels.data_ptr() if labels is not None else None,
+           loss.data_ptr() + p0 * per * 8 if labels is not None else None)
+    _split(parts, 1, run)
     return (loss / batch).to(pre.dtype) if labels is not None else out
 
 
