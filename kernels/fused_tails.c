@@ -251,3 +251,37 @@ VECTORIZED __attribute__((optimize("fp-contract=fast"))) void NAME(             
 
 RELU_LINEAR_CSR(float, vf32, vi32, relu_linear_csr_f32, ce_tile_f32)
 RELU_LINEAR_CSR(double, vf64, vi64, relu_linear_csr_f64, ce_tile_f64)
+
+/* Responses of n subspace coordinates, row-major: out[j, b, o] = sum over k in CSR row j D + o of
+   vals[k] * xa[col[k], b] (xa [K, B]: the stage input transposed plus a row of ones for bias
+   coordinates), summed in CSR order; TILE rows b at a time, transposed on the way out. work: D vectors. */
+#define CSR_RESPONSES(T, VT, NAME)                                                                   \
+VECTORIZED __attribute__((optimize("fp-contract=fast"))) void NAME(                                  \
+        const int64_t *restrict crow, const int64_t *restrict col, const T *restrict vals,           \
+        int64_t n, int64_t D, const T *restrict xa, int64_t B, T *restrict out, VT *restrict acc) {  \
+    const VT zero = BCAST((T)0);                                                                     \
+    for (int64_t j = 0; j < n; ++j) {                                                                \
+        for (int64_t b0 = 0; b0 < B; b0 += TILE) {                                                   \
+            int64_t nb = B - b0 < TILE ? B - b0 : TILE;                                              \
+            for (int64_t o = 0; o < D; ++o) {                                                        \
+                int64_t row = j * D + o;                                                             \
+                VT a = zero;                                                                         \
+                for (int64_t k = crow[row]; k < crow[row + 1]; ++k) {                                \
+                    const T v = vals[k]; const VT vv = BCAST(v);                                     \
+                    VT xv = zero;                                                                    \
+                    if (nb == TILE) memcpy(&xv, xa + col[k] * B + b0, sizeof(VT));                   \
+                    else for (int64_t l = 0; l < nb; ++l) xv[l] = xa[col[k] * B + b0 + l];           \
+                    a = a + vv * xv;                                                                 \
+                }                                                                                    \
+                acc[o] = a;                                                                          \
+            }                                                                                        \
+            for (int64_t l = 0; l < nb; ++l) {                                                       \
+                T *dst = out + (j * B + b0 + l) * D;                                                 \
+                for (int64_t o = 0; o < D; ++o) dst[o] = acc[o][l];                                  \
+            }                                                                                        \
+        }                                                                                            \
+    }                                                                                                \
+}
+
+CSR_RESPONSES(float, vf32, csr_responses_f32)
+CSR_RESPONSES(double, vf64, csr_responses_f64)

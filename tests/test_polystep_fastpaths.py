@@ -190,3 +190,30 @@ def test_kernels_give_the_same_bits_on_any_number_of_threads():
     finally:
         torch.set_num_threads(before)
     assert all(torch.equal(a, b) for a, b in zip(out[1], out[3]))
+
+
+@needs_lib
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_csr_responses_equal_the_dense_product(dtype):
+    g = torch.Generator().manual_seed(3)
+    n, d_out, k_in, batch = 5, 7, 11, 37
+    nnz = torch.randint(0, 4, (n * d_out,), generator=g)
+    crow = torch.cat([torch.zeros(1, dtype=torch.int64), nnz.cumsum(0)])
+    col = torch.randint(0, k_in, (int(crow[-1]),), generator=g)
+    vals = torch.randn(int(crow[-1]), generator=g).to(dtype)
+    xa = torch.randn(k_in, batch, generator=g).to(dtype)
+    dense = torch.zeros(n * d_out, k_in, dtype=dtype)
+    for r in range(n * d_out):
+        for k in range(int(crow[r]), int(crow[r + 1])):
+            dense[r, col[k]] += vals[k]
+    ref = (dense @ xa).reshape(n, d_out, batch).transpose(1, 2)
+    got = fused_tails.csr_responses(xa, crow, col, vals, d_out)
+    assert got.shape == (n, batch, d_out)
+    assert torch.allclose(got, ref, rtol=0, atol=1e-5 if dtype == torch.float32 else 1e-12)
+
+
+def test_lif_readout_is_an_affine_stage_with_lif_counts():
+    readout = LIFReadout(6, 3)
+    spikes = (torch.rand(4, 5, 6) < 0.4).float()
+    assert readout.zoopt_affine and torch.equal(readout(spikes), readout.activation(nn.functional.linear(
+        spikes, readout.weight, readout.bias)))

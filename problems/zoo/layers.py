@@ -147,8 +147,18 @@ class LIFReadout(nn.Linear):
         self.beta, self.threshold = float(beta), float(threshold)
         self.smooth, self.temperature = bool(smooth), float(temperature)
 
+    zoopt_affine = True  # forward = activation(F.linear(x, weight, bias)): PolyStep's linear route applies
+
+    @property
+    def activation(self):
+        """The membrane dynamics after the linear map: currents ``[B, T, C]`` -> spike counts ``[B, C]``."""
+        return self.counts
+
     def forward(self, spikes):
-        currents = super().forward(spikes)  # [B, T, C]
+        return self.counts(super().forward(spikes))  # currents [B, T, C] from one GEMM
+
+    def counts(self, currents):
+        """Output spike counts ``[B, C]`` of the readout LIF neurons driven by ``currents [B, T, C]``."""
         mem = torch.zeros_like(currents[:, 0])
         total = torch.zeros_like(currents[:, 0])
         for t in range(currents.shape[1]):

@@ -79,6 +79,9 @@ def _build() -> ctypes.CDLL:
         fn = getattr(lib, f"lif_counts_{suffix}")
         fn.restype = None
         fn.argtypes = [ptr, i64, i64, ptr, ptr, i64, i64, real, real, real, real, ptr, ptr]
+        fn = getattr(lib, f"csr_responses_{suffix}")
+        fn.restype = None
+        fn.argtypes = [ptr, ptr, ptr, i64, i64, ptr, i64, ptr, ptr]
         fn = getattr(lib, f"relu_linear_csr_{suffix}")
         fn.restype = None
         fn.argtypes = [ptr, ptr, ptr, ptr, ptr, ptr, i64, i64, i64, i64, i64, ctypes.c_int, ctypes.c_int, ptr, ptr,
@@ -229,4 +232,30 @@ def relu_linear_csr(pre: torch.Tensor, xa: torch.Tensor, crow: torch.Tensor, col
     return (loss / batch).to(pre.dtype) if labels is not None else out
 
 
-__all__ = ["available", "supports", "lif_counts", "relu_linear_csr"]
+def csr_responses(xa: torch.Tensor, crow: torch.Tensor, col: torch.Tensor, vals: torch.Tensor, d_out: int) -> torch.Tensor:
+    """Row-major responses ``[n, B, d_out]``: ``out[j, b, o] = sum_k vals[k] xa[col[k], b]`` over CSR row
+    ``j d_out + o`` (``crow`` has ``n d_out + 1`` entries starting at 0; ``xa [K, B]`` as in
+    :func:`relu_linear_csr`), summed in CSR order."""
+    if not (supports(xa, vals) and xa.dim() == 2 and crow.dtype == torch.int64 and col.dtype == torch.int64):
+        raise RuntimeError("csr_responses needs CPU float32/float64 values, int64 indices and the compiled library")
+    if d_out < 1 or (crow.numel() - 1) % d_out:
+        raise ValueError("csr_responses: crow must have n * d_out + 1 entries")
+    if int(crow[0]) != 0 or int(crow[-1]) != col.numel() or col.numel() != vals.numel():
+        raise ValueError("csr_responses: crow must start at 0 and end at the number of entries")
+    if col.numel() and (int(col.min()) < 0 or int(col.max()) >= xa.shape[0]):
+        raise ValueError("csr_responses: a column index is outside xa")
+    n, batch = (crow.numel() - 1) // d_out, xa.shape[1]
+    xa, crow, col, vals = xa.contiguous(), crow.contiguous(), col.contiguous(), vals.contiguous()
+    out = torch.empty(n, batch, d_out, dtype=xa.dtype)
+    fn = _lib.csr_responses_f32 if xa.dtype == torch.float32 else _lib.csr_responses_f64
+    size = xa.element_size()
+
+    def run(j0: int, j1: int) -> None:
+        work = _aligned_work(d_out * TILE, xa.dtype)
+        fn(crow.data_ptr() + j0 * d_out * 8, col.data_ptr(), vals.data_ptr(), j1 - j0, d_out, xa.data_ptr(), batch,
+           out.data_ptr() + j0 * batch * d_out * size, work.data_ptr())
+    _split(n, 1, run)
+    return out
+
+
+__all__ = ["available", "supports", "lif_counts", "relu_linear_csr", "csr_responses"]

@@ -254,9 +254,6 @@ class BlockEvaluator:
                 h = module(h)
                 acts.append(h)
             if reference is None or (h.shape == reference.shape and torch.equal(h, reference)):
-                if self.input_mode is None:  # the linear route stacks candidates along a 2-D input's batch
-                    self.routes = [Route("generic", r.stage, r.layers) if r.kind == "linear" and acts[r.stage].dim() != 2
-                                   else r for r in self.routes]
                 self.input_mode = mode
                 return acts
         self.input_mode = "model"
@@ -305,6 +302,9 @@ class BlockEvaluator:
             floats = acts[-1].numel() / max(1, batch)  # the kernel keeps activations in cache: only logits
         elif acts is not None:
             floats = sum(a.numel() for a in acts[route.stage + 1:]) / max(1, batch)
+            if route.kind == "linear":  # the stacked pre-activations, which an activation may shrink (a LIF readout)
+                a_in = acts[route.stage]
+                floats += a_in.numel() // a_in.shape[-1] * self.stages[route.stage][1].out_features / max(1, batch)
         else:
             floats = x[0].numel() * 8  # unknown internals: a rough guess
         budget = self.activation_bytes
@@ -334,7 +334,15 @@ class BlockEvaluator:
 
     def _responses(self, stage: int, flat_in, flat_t, lo: int, hi: int, rows: int, d_out: int, dtype):
         """``[hi - lo, B', d_out]``: the response ``a_s M_j^T`` of every coordinate ``j`` in ``[lo, hi)``
-        (zero for coordinates of other stages and the padding past the subspace)."""
+        (zero for coordinates of other stages and the padding past the subspace); from the compiled CSR
+        kernel on CPU (:func:`zoopt.kernels.fused_tails.csr_responses`) when the map is sparse."""
+        kernel = self._csr_kernel(stage, lo, hi, flat_in)
+        if kernel is not None:
+            key = ("xa", stage)
+            if key not in self._batch:
+                self._batch[key] = torch.cat([flat_t, flat_t.new_ones(1, rows)]).to(dtype)
+            crow, col, vals = self._chunk_csr(stage, lo, hi, d_out, flat_in.shape[1], dtype)
+            return kernel.csr_responses(self._batch[key], crow, col, vals, d_out)
         resp = torch.empty(hi - lo, rows, d_out, dtype=dtype, device=flat_in.device)
         written = torch.zeros(hi - lo, dtype=torch.bool, device=flat_in.device)
         for layer in self.subspace.layers:
@@ -439,6 +447,21 @@ class BlockEvaluator:
             fast = self._per_candidate_loss(loss_fn, logits.transpose(1, 2), y)
         return fast.reshape(n_part, n_cand)
 
+    def _csr_kernel(self, stage: int, lo: int, hi: int, flat_in):
+        """The compiled kernels' module when coordinates ``[lo, hi)`` of ``stage`` map through sparse or
+        identity maps only (dense maps are a GEMM's job) and it takes ``flat_in``; else None."""
+        if flat_in.device.type != "cpu" or flat_in.dtype not in (torch.float32, torch.float64):
+            return None
+        for layer in self.subspace.layers:
+            if max(lo, layer.coord_start) < min(hi, layer.coord_stop) and layer.kind == "dense" \
+                    and self.owner[layer.name][0] == stage:
+                return None
+        try:
+            from zoopt.kernels import fused_tails
+        except ImportError:
+            return None
+        return fused_tails if fused_tails.available() else None
+
     def _weight_responses(self, layer, flat_in, flat_t, j0: int, j1: int) -> torch.Tensor:
         """``x M_j^T`` for local coordinates ``[j0, j1)`` (``HybridSubspace.linear_responses``), with the
         sparse map's transposed input shared by all chunks instead of rebuilt per call."""
@@ -472,14 +495,17 @@ class BlockEvaluator:
         antipodal = n_cand % 2 == 0 and torch.equal(deltas[:, half:], -deltas[:, :half])
         used = deltas[:, :half] if antipodal else deltas
         change = torch.bmm(used.to(pre.dtype), resp.reshape(n_part, d, rows * d_out))  # [np, m, B' d_out]
-        tail, pad_to = self._tail(route.stage, post, d_out, n_part, rows, n_cand, antipodal)
+        a_in = acts[route.stage]  # [B, *inner, d_in]: candidates stack along B, the inner axes stay
+        inner, batch = tuple(a_in.shape[1:-1]), a_in.shape[0]
+        tail, pad_to = self._tail(route.stage, post, d_out, n_part, rows, n_cand, antipodal, inner)
         if pad_to > n_part:  # keep one shape per compiled tail
             change = torch.cat([change, change.new_zeros(pad_to - n_part, *change.shape[1:])])
         h = tail(change, pre.reshape(1, 1, rows * d_out))
-        h = h.reshape(-1, rows, *h.shape[1:])[:n_part * n_cand]
+        h = h.reshape(-1, batch, *h.shape[1:])[:n_part * n_cand]
         return self._per_candidate_loss(loss_fn, h, y).reshape(n_part, n_cand)
 
-    def _tail(self, stage: int, post, d_out: int, n_part: int, rows: int, n_cand: int, antipodal: bool):
+    def _tail(self, stage: int, post, d_out: int, n_part: int, rows: int, n_cand: int, antipodal: bool,
+              inner: tuple = ()):
         """``(change [np, m, B' d_out], pre) -> output`` of the stages after ``stage`` for all stacked candidates.
 
         With ``antipodal`` the change holds the first half of each particle's
@@ -497,14 +523,14 @@ class BlockEvaluator:
             and sum(1 for r in self.routes if r.kind == "linear" and r.stage == stage) * n_cand * rows
             >= COMPILE_MIN_ROWS)
         if not compile_it:
-            return self._eager_tail(post, d_out, modules, antipodal), n_part
+            return self._eager_tail(post, d_out, modules, antipodal, inner), n_part
 
         def tail(change, pre):
             if antipodal:
                 stacked = torch.stack([pre + change, pre - change], dim=1)  # [np, 2, m, B' d_out]
             else:
                 stacked = pre + change
-            h = post(stacked).reshape(-1, d_out)
+            h = post(stacked.reshape(-1, *inner, d_out))
             for module in modules:
                 h = module(h)
             return h
@@ -527,7 +553,7 @@ class BlockEvaluator:
                 return tail(change, pre)
         return guarded, size
 
-    def _eager_tail(self, post, d_out: int, modules, antipodal: bool):
+    def _eager_tail(self, post, d_out: int, modules, antipodal: bool, inner: tuple = ()):
         fused = None
         if modules and callable(getattr(modules[0], "zoopt_fused_tail", None)):
             fused = modules[0].zoopt_fused_tail(modules[1:])
@@ -541,12 +567,11 @@ class BlockEvaluator:
             else:
                 stacked = change.add_(pre)  # float addition commutes: the bits of pre + change
             if type(post) is nn.ReLU:
-                h = stacked.relu_()
+                h = stacked.relu_().reshape(-1, *inner, d_out)
             elif post is _identity:
-                h = stacked
+                h = stacked.reshape(-1, *inner, d_out)
             else:
-                h = post(stacked)
-            h = h.reshape(-1, d_out)
+                h = post(stacked.reshape(-1, *inner, d_out))
             for step in steps:
                 h = step(h)
             return h
