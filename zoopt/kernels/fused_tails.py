@@ -14,7 +14,8 @@
 
 The library is built once with the system C compiler into the cache folder of
 :mod:`zoopt.kernels.philox_c` (``$ZOOPT_CACHE`` or ``~/.cache/zoopt``), a C file
-compiled in about a second, so no run pays a compile warm-up worth mentioning;
+compiled once per cache folder (about 4 CPU seconds; later processes load it in
+milliseconds), so no run pays a per-process warm-up as ``torch.compile`` did;
 without a compiler, or with ``ZOOPT_NO_CEXT=1``, :func:`available` is False and
 callers use torch.
 """

@@ -24,7 +24,7 @@ Routes, per particle block, for a block whose first touched stage is ``s``:
   and stages ``s+1..`` run once on all candidates stacked into the batch with
   the shared weights. On CPU (``compile="auto"`` or False) the tail is eager
   with compiled kernels where the stages allow (:mod:`zoopt.kernels.fused_tails`,
-  built in about a second, so no compile warm-up lands on a short run): a
+  built once per cache folder, so no compile warm-up lands on a short run): a
   single plain ``nn.Linear`` after a ReLU/identity affine stage (the MLP) runs
   responses, combination, ReLU and readout per tile of rows in cache, feature-major;
   a stage offering ``zoopt_fused_tail`` (the SNN's LIF pair) runs its kernel;
