@@ -49,7 +49,7 @@ def cell(stats, digits=1) -> str:
     if not stats:
         return "–"
     if stats["n"] == 1:
-        return f"{stats['mean']:.{digits}f} (1 seed)"
+        return f"{stats['mean']:.{digits}f}"
     return f"{stats['mean']:.{digits}f} ± {stats['std']:.{digits}f}"
 
 
@@ -63,7 +63,7 @@ def tables(merged) -> str:
     for key, title in (("val_selected_test_acc", "val-selected test accuracy % (best-validation epoch)"),
                        ("test_selected_test_acc", "test-selected test accuracy % (best test epoch, the paper's "
                                                   "figure; optimistic)")):
-        out.append(f"**{title}**, mean ± std over seeds; chance = 10%\n")
+        out.append(f"**{title}**, mean ± std over seeds (one seed: its value); chance = 10%\n")
         out.append("| model | rank | epochs | seeds | " + " | ".join(HEADERS[m] for m in methods) + " |")
         out.append("|" + "---|" * (4 + len(methods)))
         for k in models:
@@ -73,9 +73,8 @@ def tables(merged) -> str:
             for m in methods:
                 a = agg[k].get(m, {})
                 c = cell(a.get(key))
-                if m == "adam" and a:
-                    twin_key = "twin_val_selected_test_acc"
-                    c = f"{cell(a.get(twin_key))} (hard {c})" if key == "val_selected_test_acc" else c
+                if m == "adam" and a:  # the ceiling is the twin's accuracy; the hard model with its weights beside
+                    c = f"{cell(a.get('twin_' + key))} (hard {c})"
                 cells.append(c)
             out.append(f"| {k} | {size.get('rank', '?')} | {size.get('epochs', '?')} | {seeds} | " + " | ".join(cells) + " |")
         out.append("")
