@@ -12,69 +12,30 @@
   forms the coordinates' responses from the (sparse) subspace map, combines them
   per candidate, applies the ReLU and the readout, all in registers and cache.
 
-The library is built once with the system C compiler into the cache folder of
-:mod:`zoopt.kernels.philox_c` (``$ZOOPT_CACHE`` or ``~/.cache/zoopt``), a C file
-compiled once per cache folder (about 4 CPU seconds; later processes load it in
-milliseconds), so no run pays a per-process warm-up as ``torch.compile`` did;
-without a compiler, or with ``ZOOPT_NO_CEXT=1``, :func:`available` is False and
-callers use torch.
+The library is built by :mod:`zoopt.kernels.cext` once per cache folder (about
+4 CPU seconds; later processes load it in milliseconds), so no run pays a
+per-process warm-up as ``torch.compile`` did; without a compiler, or with
+``ZOOPT_NO_CEXT=1``, :func:`available` is False and callers use torch.
 """
 from __future__ import annotations
 
 import ctypes
-import hashlib
-import os
-import subprocess
-import tempfile
-import threading
 from typing import Optional
 
 import torch
 
-from .philox_c import _cache_dir
-from .sources import source_dir
+from .cext import CLibrary
 
-SOURCE = (source_dir() / "fused_tails.c").read_text()
 TILE = 16      # rows per vector (kernels/fused_tails.c)
 CB = 5         # readout units accumulated at once; the transposed weight is padded to a multiple
 ALIGN = 128    # bytes: the scratch vectors are 16 lanes of up to 8 bytes
-# No -march=native (a shared cache may be loaded on another CPU) and no contraction into FMA: the
-# LIF steps must round exactly as torch does. The first set adds SIMD clones chosen at load time.
+# No contraction into FMA: the LIF steps must round exactly as torch does. The first set adds SIMD
+# clones chosen at load time.
 CFLAGS = ["-O3", "-fPIC", "-shared", "-ffp-contract=off"]
 FLAG_SETS = (CFLAGS + ["-DZOOPT_CLONES"], CFLAGS)
 
-_lock = threading.Lock()
-_lib = None
-_tried = False
 
-
-def _compile(flags) -> str:
-    digest = hashlib.sha256((SOURCE + " ".join(flags)).encode()).hexdigest()[:16]
-    folder = _cache_dir()
-    path = os.path.join(folder, f"fused_tails_{digest}.so")
-    if not os.path.exists(path):
-        os.makedirs(folder, exist_ok=True)
-        cc = os.environ.get("CC", "cc")
-        with tempfile.TemporaryDirectory(dir=folder) as tmp:
-            src = os.path.join(tmp, "fused_tails.c")
-            with open(src, "w") as fh:
-                fh.write(SOURCE)
-            tmp_so = os.path.join(tmp, "fused_tails.so")
-            subprocess.run([cc, *flags, src, "-o", tmp_so], check=True, capture_output=True, timeout=120)
-            os.replace(tmp_so, path)  # atomic: concurrent builders never see a torn file
-    return path
-
-
-def _build() -> ctypes.CDLL:
-    error = None
-    for flags in FLAG_SETS:
-        try:
-            lib = ctypes.CDLL(_compile(flags))
-            break
-        except (OSError, subprocess.SubprocessError) as exc:
-            error = exc
-    else:
-        raise error
+def _declare(lib: ctypes.CDLL) -> None:
     i64, ptr = ctypes.c_int64, ctypes.c_void_p
     for suffix, real in (("f32", ctypes.c_float), ("f64", ctypes.c_double)):
         fn = getattr(lib, f"lif_counts_{suffix}")
@@ -87,8 +48,10 @@ def _build() -> ctypes.CDLL:
         fn.restype = None
         fn.argtypes = [ptr, ptr, ptr, ptr, ptr, ptr, i64, i64, i64, i64, i64, ctypes.c_int, ctypes.c_int, ptr, ptr,
                        i64, ptr, ptr, ptr, ptr]
-    return lib
 
+
+_LIBRARY = CLibrary("fused_tails", FLAG_SETS, _declare)
+available = _LIBRARY.available
 
 _pool = None
 
@@ -115,22 +78,6 @@ def _aligned_work(numel: int, dtype) -> torch.Tensor:
     size = torch.empty(0, dtype=dtype).element_size()
     work = torch.empty(numel + ALIGN // size, dtype=dtype)
     return work[(-work.data_ptr() % ALIGN) // size:]
-
-
-def available() -> bool:
-    """True when the compiled library loads (built on first use)."""
-    global _lib, _tried
-    if os.environ.get("ZOOPT_NO_CEXT"):
-        return False
-    if not _tried:
-        with _lock:
-            if not _tried:
-                try:
-                    _lib = _build()
-                except (OSError, AttributeError, subprocess.SubprocessError):
-                    _lib = None
-                _tried = True
-    return _lib is not None
 
 
 def supports(current: torch.Tensor, weight: torch.Tensor) -> bool:
@@ -160,7 +107,7 @@ def lif_counts(current: torch.Tensor, weight: torch.Tensor, bias, steps: int, be
     elif out.shape != (rows, classes) or out.dtype != current.dtype or not out.is_contiguous():
         raise ValueError("out must be a contiguous [rows, C] tensor of the current's dtype")
     size = current.element_size()
-    fn = _lib.lif_counts_f32 if current.dtype == torch.float32 else _lib.lif_counts_f64
+    fn = _LIBRARY.lib.lif_counts_f32 if current.dtype == torch.float32 else _LIBRARY.lib.lif_counts_f64
     per_row = (hidden * size, classes * size)
 
     def run(r0: int, r1: int) -> None:
@@ -219,7 +166,7 @@ def relu_linear_csr(pre: torch.Tensor, xa: torch.Tensor, crow: torch.Tensor, col
         out = loss.new_empty(0)
     else:
         out = torch.empty(parts, per, classes, batch, dtype=pre.dtype)
-    fn = _lib.relu_linear_csr_f32 if pre.dtype == torch.float32 else _lib.relu_linear_csr_f64
+    fn = _LIBRARY.lib.relu_linear_csr_f32 if pre.dtype == torch.float32 else _LIBRARY.lib.relu_linear_csr_f64
     size = pre.element_size()
 
     def run(p0: int, p1: int) -> None:
@@ -248,7 +195,7 @@ def csr_responses(xa: torch.Tensor, crow: torch.Tensor, col: torch.Tensor, vals:
     n, batch = (crow.numel() - 1) // d_out, xa.shape[1]
     xa, crow, col, vals = xa.contiguous(), crow.contiguous(), col.contiguous(), vals.contiguous()
     out = torch.empty(n, batch, d_out, dtype=xa.dtype)
-    fn = _lib.csr_responses_f32 if xa.dtype == torch.float32 else _lib.csr_responses_f64
+    fn = _LIBRARY.lib.csr_responses_f32 if xa.dtype == torch.float32 else _LIBRARY.lib.csr_responses_f64
     size = xa.element_size()
 
     def run(j0: int, j1: int) -> None:

@@ -3,8 +3,7 @@
 
 The torch implementation spends ~120 memory-bound int64 passes per block; a
 plain C loop does the same arithmetic in registers, ~20x faster on CPU. The
-library is built once with the system C compiler into a cache folder
-(``$ZOOPT_CACHE`` or ``~/.cache/zoopt``) and loaded with ctypes; without a
+library is built once per cache folder by :mod:`zoopt.kernels.cext`; without a
 compiler, or with ``ZOOPT_NO_CEXT=1``, :func:`available` is False and callers
 use the torch path. Only integer arithmetic and two exact float32 operations
 (``(x >> 8) + 0.5``, then a power-of-two scale) run here, so the output
@@ -13,64 +12,18 @@ equals the torch path bit for bit.
 from __future__ import annotations
 
 import ctypes
-import hashlib
-import os
-import subprocess
-import tempfile
-import threading
 
 import torch
 
-from .sources import source_dir
+from .cext import CLibrary
 
-SOURCE = (source_dir() / "philox.c").read_text()
-
-_lock = threading.Lock()
-_lib = None
-_tried = False
-
-
-def _cache_dir() -> str:
-    return os.environ.get("ZOOPT_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "zoopt")
-
-
-# Portable flags: no -march=native, since the cached library may be loaded on
-# another CPU that shares the home folder (an illegal instruction would kill
-# the process); the flags are part of the cache key. The first set adds SIMD
-# clones chosen at load time (GCC/Clang with ifunc); the second is the fallback.
+# The first flag set adds SIMD clones chosen at load time (GCC/Clang with ifunc); the second is the
+# fallback. No -ffast-math: the float32 steps must round exactly as torch does.
 CFLAGS = ["-O3", "-fPIC", "-shared"]
 FLAG_SETS = (CFLAGS + ["-DZOOPT_CLONES"], CFLAGS)
 
 
-def _compile(flags) -> str:
-    digest = hashlib.sha256((SOURCE + " ".join(flags)).encode()).hexdigest()[:16]
-    folder = _cache_dir()
-    path = os.path.join(folder, f"philox_{digest}.so")
-    if not os.path.exists(path):
-        os.makedirs(folder, exist_ok=True)
-        cc = os.environ.get("CC", "cc")
-        with tempfile.TemporaryDirectory(dir=folder) as tmp:
-            src = os.path.join(tmp, "philox.c")
-            with open(src, "w") as fh:
-                fh.write(SOURCE)
-            tmp_so = os.path.join(tmp, "philox.so")
-            # no -ffast-math: the float32 steps must round exactly as torch does
-            subprocess.run([cc, *flags, src, "-o", tmp_so],
-                           check=True, capture_output=True, timeout=120)
-            os.replace(tmp_so, path)  # atomic: concurrent builders never see a torn file
-    return path
-
-
-def _build() -> ctypes.CDLL | None:
-    error = None
-    for flags in FLAG_SETS:
-        try:
-            lib = ctypes.CDLL(_compile(flags))
-            break
-        except (OSError, subprocess.SubprocessError) as exc:
-            error = exc
-    else:
-        raise error
+def _declare(lib: ctypes.CDLL) -> None:
     lib.philox_planes.restype = None
     lib.philox_planes.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64,
                                   ctypes.c_int64, ctypes.c_uint32, ctypes.c_uint32, ctypes.c_uint32,
@@ -84,23 +37,10 @@ def _build() -> ctypes.CDLL | None:
     lib.polar_interleave.restype = None
     lib.polar_interleave.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p,
                                      ctypes.c_int64, ctypes.c_int64]
-    return lib
 
 
-def available() -> bool:
-    """True when the compiled library loads (built on first use)."""
-    global _lib, _tried
-    if os.environ.get("ZOOPT_NO_CEXT"):
-        return False
-    if not _tried:
-        with _lock:
-            if not _tried:
-                try:
-                    _lib = _build()
-                except (OSError, subprocess.SubprocessError):
-                    _lib = None
-                _tried = True
-    return _lib is not None
+_LIBRARY = CLibrary("philox", FLAG_SETS, _declare)
+available = _LIBRARY.available
 
 
 IDENTITY = (0, 1, 2, 3)
@@ -111,7 +51,7 @@ def simd_level(cap: int = -1) -> int:
     each). ``cap`` lowers (or restores, with 2) the highest level used; -1 only reports."""
     if not available():
         raise RuntimeError("the compiled Philox library is not available (no C compiler, or ZOOPT_NO_CEXT set)")
-    return int(_lib.philox_simd(int(cap)))
+    return int(_LIBRARY.lib.philox_simd(int(cap)))
 
 
 _CONSTANTS: dict = {}
@@ -140,7 +80,7 @@ def philox_planes(out: torch.Tensor, pairs: torch.Tensor, first: int, tensor_id:
     if not available():
         raise RuntimeError("the compiled Philox library is not available (no C compiler, or ZOOPT_NO_CEXT set)")
     if out.numel():
-        _lib.philox_planes(out.data_ptr(), pairs.data_ptr(), pairs.numel(), first, out.shape[2],
+        _LIBRARY.lib.philox_planes(out.data_ptr(), pairs.data_ptr(), pairs.numel(), first, out.shape[2],
                            tensor_id, generation, k0, k1, order_t.data_ptr(), mult_t.data_ptr())
     return out
 
@@ -154,7 +94,7 @@ def int8_noise(pairs: torch.Tensor, start: int, numel: int, tensor_id: int, gene
     table = table.to(torch.int32).contiguous()
     out = torch.empty(pairs.numel(), numel, dtype=torch.int8)
     if out.numel():
-        _lib.philox_int8(out.data_ptr(), pairs.data_ptr(), pairs.numel(), start, numel, tensor_id, generation,
+        _LIBRARY.lib.philox_int8(out.data_ptr(), pairs.data_ptr(), pairs.numel(), start, numel, tensor_id, generation,
                          k0, k1, table.data_ptr(), table.numel(), clip)
     return out
 
@@ -171,5 +111,5 @@ def polar_interleave(z: torch.Tensor, radius: torch.Tensor, cs: torch.Tensor) ->
     if not available():
         raise RuntimeError("the compiled Philox library is not available (no C compiler, or ZOOPT_NO_CEXT set)")
     if z.numel():
-        _lib.polar_interleave(z.data_ptr(), z.stride(0), radius.data_ptr(), cs.data_ptr(), P, B)
+        _LIBRARY.lib.polar_interleave(z.data_ptr(), z.stride(0), radius.data_ptr(), cs.data_ptr(), P, B)
     return z
