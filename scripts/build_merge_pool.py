@@ -88,18 +88,8 @@ def train_tiny_base(out: str, layers: int, hidden: int, heads: int, steps: int, 
     per_task = steps * batch // len(tasks) + 1
     records = [r for t in tasks for r in make_records(t, per_task, seed + 1000)]
     random.Random(seed).shuffle(records)
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.1)
-    model.train()
-    for step in range(steps):
-        x, y, mask = batch_of(tok, records[step * batch:(step + 1) * batch], prompt_loss=True)
-        loss = model(input_ids=x, attention_mask=mask, labels=y).loss
-        loss.backward()
-        opt.step()
-        sched.step()
-        opt.zero_grad()
-        if step % 200 == 0 or step == steps - 1:
-            print(f"  tiny base step {step:5d} loss {loss.item():.3f}", flush=True)
+    fit(model, tok, records, steps=steps, batch=batch, lr=lr, weight_decay=0.01, prompt_loss=True,
+        label="tiny base", log_every=200)
     model.eval()
     model.save_pretrained(base_dir)
     n = sum(p.numel() for p in model.parameters())
@@ -126,6 +116,24 @@ def batch_of(tokenizer, records, device="cpu", prompt_loss=False):
     return x.to(device), y.to(device), mask.to(device)
 
 
+def fit(model, tok, records, *, steps, batch, lr, weight_decay, prompt_loss, label, log_every) -> float:
+    """AdamW with a one-cycle schedule over ``steps`` consecutive batches of ``records`` (trainable
+    parameters only); returns the last batch's loss."""
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr, weight_decay=weight_decay)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.1)
+    model.train()
+    for step in range(steps):
+        x, y, mask = batch_of(tok, records[step * batch:(step + 1) * batch], prompt_loss=prompt_loss)
+        loss = model(input_ids=x, attention_mask=mask, labels=y).loss
+        loss.backward()
+        opt.step()
+        sched.step()
+        opt.zero_grad()
+        if step % log_every == 0 or step == steps - 1:
+            print(f"  {label} step {step:5d} loss {loss.item():.3f}", flush=True)
+    return float(loss)
+
+
 def train_adapter(base_dir, task, out_dir, steps, batch, lr, seed):
     from peft import LoraConfig, get_peft_model
 
@@ -134,21 +142,11 @@ def train_adapter(base_dir, task, out_dir, steps, batch, lr, seed):
     torch.manual_seed(seed)
     model, tok = load_base(base_dir)
     model = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, target_modules=TARGET_MODULES, lora_dropout=0.0))
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr, weight_decay=0.0)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.1)
     records = make_records(task, steps * batch, seed)
-    model.train()
-    for step in range(steps):
-        x, y, mask = batch_of(tok, records[step * batch:(step + 1) * batch])
-        loss = model(input_ids=x, attention_mask=mask, labels=y).loss
-        loss.backward()
-        opt.step()
-        sched.step()
-        opt.zero_grad()
-        if step % 20 == 0 or step == steps - 1:
-            print(f"  {task:14s} step {step:4d} loss {loss.item():.3f}", flush=True)
+    loss = fit(model, tok, records, steps=steps, batch=batch, lr=lr, weight_decay=0.0, prompt_loss=False,
+               label=f"{task:14s}", log_every=20)
     model.save_pretrained(out_dir)  # adapter_config.json + adapter_model.safetensors
-    return float(loss)
+    return loss
 
 
 def own_skill_check(pool_dir: str, n: int = 32, max_new_tokens: int = 16) -> dict:
