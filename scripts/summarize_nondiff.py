@@ -4,7 +4,7 @@ the same for the test-selected figure (the best test accuracy over the epochs, a
 reports), then ours vs the official package per model (time per step ratio, accuracy difference
 per seed at equal steps). Chance is 10% (ten classes).
 
-    python scripts/summarize_nondiff.py runs/bench_nondiff [more run folders ...]
+    python scripts/summarize_nondiff.py runs/bench_nondiff [more run folders ...] [--png curves.png]
 
 Several folders (e.g. one per model subset or per seed) are merged; a (model, seed, method) that
 appears twice, or a model run at two sizes, is an error, so a table never mixes sizes.
@@ -98,8 +98,13 @@ def tables(merged) -> str:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("dirs", nargs="+", help="bench_nondiff output folders (each holds results.json)")
+    p.add_argument("--png", help="also draw the merged learning curves (one panel per model) to this file")
     args = p.parse_args(argv)
     merged, configs = merge(args.dirs)
+    if args.png:
+        from bench_nondiff import plot
+
+        plot(merged, args.png, configs[0].get("clock", "cpu") if configs else "cpu")
     for c in configs:
         code = c.get("code", {})
         print(f"run: {c.get('data')}, batch {c.get('batch_size')}, seeds {c.get('seeds')}, {c.get('clock', 'wall')} "
