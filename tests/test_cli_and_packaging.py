@@ -82,7 +82,8 @@ def test_kernel_sources_found_and_compiled_philox_reads_them():
     for name in sources.KERNELS:
         assert (folder / name).is_file()
     c_source = (folder / "philox.c").read_text()
-    assert "philox_planes" in c_source and philox_c.SOURCE == c_source
+    assert "philox_planes" in c_source and philox_c._LIBRARY.source == c_source
+    assert "lif_counts_f32" in (folder / "fused_tails.c").read_text()
 
 
 def test_every_zoopt_subpackage_is_packaged():
